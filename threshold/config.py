@@ -1,0 +1,272 @@
+"""Config: every option of Threshold, declared once.
+
+Each option is one dataclass field whose metadata (see :func:`option`) carries
+its help text, CLI flag and validation. The CLI (``cli.py``), the
+``THRESHOLD_*`` environment variables and the TOML loader are all derived from
+these fields, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+
+__all__ = ["Config", "ConfigError", "OptionSpec", "options"]
+
+ENV_PREFIX = "THRESHOLD_"
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+class ConfigError(ValueError):
+    """A bad option name or value; the message names the option."""
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """What the loaders need to know about one option beyond its type."""
+
+    help: str
+    flags: tuple[str, ...] = ()  # extra short flags, e.g. ("-b",)
+    choices: tuple[str, ...] | None = None
+    minimum: float | None = None
+    multiple: bool = False  # repeatable flag / list value
+    positional: bool = False
+    metavar: str | None = None
+    cli: bool = True  # exposed as a CLI flag / env var / TOML key
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    flags: tuple[str, ...] = (),
+    choices: tuple[str, ...] | None = None,
+    minimum: float | None = None,
+    multiple: bool = False,
+    positional: bool = False,
+    metavar: str | None = None,
+    cli: bool = True,
+) -> Any:
+    spec = OptionSpec(help, flags, choices, minimum, multiple, positional, metavar, cli)
+    if isinstance(default, list):
+        frozen = tuple(default)
+        return field(default_factory=lambda: list(frozen), metadata={"spec": spec})
+    return field(default=default, metadata={"spec": spec})
+
+
+@dataclass(frozen=True)
+class Config:
+    """All options of one Threshold server. Build with ``Config(**options)``."""
+
+    app: Any = option(
+        None,
+        "The application: an import string MODULE:ATTR (ATTR may be dotted; MODULE alone "
+        "means MODULE:app, then MODULE:application) or, from Python, the app object.",
+        positional=True,
+        metavar="APP",
+    )
+    factory: bool = option(
+        False, "Treat APP as a zero-argument callable that returns the application."
+    )
+    app_dir: str = option(".", "Directory put first on sys.path before importing APP.")
+    interface: str = option(
+        "auto",
+        "Application interface; auto detects ASGI 3, ASGI 2 or WSGI from the app object.",
+        choices=("auto", "asgi3", "asgi2", "wsgi"),
+    )
+    bind: list[str] = option(
+        ["127.0.0.1:8000"],
+        "Address to listen on: HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N. Repeatable.",
+        flags=("-b",),
+        multiple=True,
+        metavar="ADDRESS",
+    )
+    backlog: int = option(
+        2048, "Maximum number of pending connections (listen backlog).", minimum=1
+    )
+    loop: str = option(
+        "auto",
+        "Event loop: uvloop when importable (auto), or the standard asyncio loop.",
+        choices=("auto", "asyncio", "uvloop"),
+    )
+    lifespan: str = option(
+        "auto",
+        "ASGI lifespan protocol: on (startup failure stops the server), off, or auto "
+        "(used when the app supports it).",
+        choices=("auto", "on", "off"),
+    )
+    root_path: str = option(
+        "", "Path prefix the app is mounted at (ASGI root_path, WSGI SCRIPT_NAME)."
+    )
+    threads: int = option(
+        8, "Size of the thread pool that runs WSGI applications.", minimum=1, metavar="N"
+    )
+    timeout_graceful_shutdown: float = option(
+        30.0,
+        "Seconds to let in-flight requests finish after SIGTERM/SIGINT before closing them.",
+        minimum=0,
+        metavar="SECONDS",
+    )
+    keep_alive_timeout: float = option(
+        5.0,
+        "Seconds an idle keep-alive connection is kept open between requests.",
+        minimum=0,
+        metavar="SECONDS",
+    )
+    limit_request_head: int = option(
+        65536,
+        "Maximum size in bytes of a request line plus headers; larger heads get 431.",
+        minimum=256,
+        metavar="BYTES",
+    )
+    server_header: bool = option(True, "Send a 'server: threshold' response header.")
+    date_header: bool = option(True, "Send a 'date' response header.")
+    log_level: str = option("info", "Logging level.", choices=LOG_LEVELS)
+    access_log: bool = option(
+        True, "Log one line per request: client, method, path, status, bytes, duration."
+    )
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            spec: OptionSpec = f.metadata["spec"]
+            value = getattr(self, f.name)
+            if f.name == "app":
+                continue
+            _check(f.name, str(f.type), spec, value)
+        if not self.bind:
+            raise ConfigError("bind: at least one address is required")
+
+    # -- loaders, all derived from the fields -------------------------------
+
+    @classmethod
+    def load(
+        cls,
+        cli: Mapping[str, Any] | None = None,
+        *,
+        config_file: str | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Config:
+        """Merge a TOML file, then THRESHOLD_* variables, then CLI values (last wins)."""
+        values: dict[str, Any] = {}
+        if config_file:
+            values.update(load_toml(config_file))
+        values.update(from_environ(os.environ if environ is None else environ))
+        values.update(cli or {})
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+def options() -> list[tuple[str, str, OptionSpec, Any]]:
+    """(name, type string, spec, default) for every option, in declaration order."""
+    result = []
+    for f in dataclasses.fields(Config):
+        factory: Any = f.default_factory
+        default = f.default if f.default is not dataclasses.MISSING else factory()
+        result.append((f.name, str(f.type), f.metadata["spec"], default))
+    return result
+
+
+def _kind(type_str: str) -> str:
+    if type_str.startswith("list"):
+        return "list"
+    return type_str
+
+
+def _check(name: str, type_str: str, spec: OptionSpec, value: Any) -> None:
+    kind = _kind(type_str)
+    checks: dict[str, Callable[[Any], bool]] = {
+        "bool": lambda v: isinstance(v, bool),
+        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        "str": lambda v: isinstance(v, str),
+        "list": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+    }
+    if not checks[kind](value):
+        raise ConfigError(f"{name}: expected {type_str}, got {value!r}")
+    if spec.choices is not None and value not in spec.choices:
+        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(spec.choices)}")
+    if spec.minimum is not None and value < spec.minimum:
+        raise ConfigError(f"{name}: {value!r} is below the minimum {spec.minimum:g}")
+
+
+def _field_types() -> dict[str, str]:
+    return {name: type_str for name, type_str, _, _ in options()}
+
+
+def parse_text(name: str, text: str) -> Any:
+    """Turn the text of an env var or CLI flag into the option's typed value."""
+    types = _field_types()
+    if name not in types:
+        raise ConfigError(f"{name}: unknown option")
+    kind = _kind(types[name])
+    parsers: dict[str, Callable[[str], Any]] = {
+        "bool": _parse_bool,
+        "int": int,
+        "float": float,
+        "str": str,
+        "list": lambda s: [part.strip() for part in s.split(",") if part.strip()],
+        "Any": str,
+    }
+    try:
+        return parsers[kind](text)
+    except ValueError:
+        raise ConfigError(f"{name}: cannot read {text!r} as {types[name]}") from None
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+def from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
+    """THRESHOLD_<OPTION> variables; an unknown THRESHOLD_* name is an error."""
+    names = _field_types()
+    values: dict[str, Any] = {}
+    for key, text in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name not in names:
+            raise ConfigError(f"{key}: unknown option (environment variable)")
+        values[name] = parse_text(name, text)
+    return values
+
+
+def load_toml(path: str) -> dict[str, Any]:
+    """Options from a TOML file: top-level keys, or a [threshold] table."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config: {path} is not valid TOML: {exc}") from None
+    if isinstance(data.get("threshold"), dict):
+        data = data["threshold"]
+    names = _field_types()
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in names:
+            raise ConfigError(f"{key}: unknown option (in {path})")
+        if _kind(names[name]) == "float" and isinstance(value, int):
+            value = float(value)
+        if _kind(names[name]) == "list" and isinstance(value, str):
+            value = [value]
+        values[name] = value
+    return values

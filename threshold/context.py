@@ -1,0 +1,67 @@
+"""ServerContext: what every connection of one worker shares with its server.
+
+The server owns it and refreshes it once a second (the Date header, the clock
+used for idle timeouts); protocols read it and register their connections in it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from email.utils import formatdate
+from typing import TYPE_CHECKING, Protocol
+
+from threshold.config import Config
+from threshold.stream import Handler
+
+if TYPE_CHECKING:
+    from threshold.stream import Stream
+
+
+class Connection(Protocol):
+    """What the server needs of any protocol connection (HTTP/1.1, HTTP/2...)."""
+
+    def shutdown(self) -> None:
+        """Stop taking requests: close now if idle, else after the current response."""
+
+    def on_tick(self, now: float) -> None:
+        """Called once a second; enforce idle timeouts."""
+
+    def abort(self) -> None:
+        """Close immediately (graceful timeout expired)."""
+
+
+AccessLog = Callable[["Stream", int, int, float], None]
+"""(stream, status, body bytes sent, duration in seconds) -> None."""
+
+
+class ServerContext:
+    __slots__ = (
+        "access_log",
+        "config",
+        "connections",
+        "default_headers",
+        "handler",
+        "now",
+        "shutting_down",
+    )
+
+    def __init__(self, config: Config, handler: Handler, access_log: AccessLog | None) -> None:
+        self.config = config
+        self.handler = handler
+        self.access_log = access_log
+        self.connections: set[Connection] = set()
+        self.shutting_down = False
+        self.now = time.monotonic()
+        self.default_headers = b""
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Once a second: the clock and the prebuilt Date/Server header bytes."""
+        self.now = time.monotonic()
+        parts = []
+        if self.config.date_header:
+            parts.append(b"date: " + formatdate(usegmt=True).encode("ascii") + b"\r\n")
+        if self.config.server_header:
+            parts.append(b"server: threshold\r\n")
+        self.default_headers = b"".join(parts)

@@ -1,0 +1,390 @@
+"""WSGI (PEP 3333): environ, start_response, wsgi.input, file_wrapper and the thread pool.
+
+The app runs in a fixed pool of threads so the event loop keeps serving I/O.
+A worker thread talks to its Stream only through the loop: a response that fits
+in one chunk is handed over with a single ``call_soon_threadsafe`` and no wait;
+a streamed response waits for each previous chunk to be written (and drained
+when the client is slow), so at most one chunk per request is in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from types import TracebackType
+from typing import IO, Any
+from urllib.parse import unquote_to_bytes
+
+from threshold.stream import ClientDisconnected, Headers, Stream
+
+logger = logging.getLogger("threshold.error")
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+StartResponse = Callable[..., Callable[[bytes], None]]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+
+class FileWrapper:
+    """``wsgi.file_wrapper``: sent with sendfile(2) when the file has a real descriptor."""
+
+    def __init__(self, filelike: IO[bytes], blksize: int = 65536) -> None:
+        self.filelike = filelike
+        self.blksize = blksize
+        if hasattr(filelike, "close"):
+            self.close = filelike.close
+
+    def __iter__(self) -> Iterator[bytes]:
+        read = self.filelike.read
+        while True:
+            data = read(self.blksize)
+            if not data:
+                return
+            yield data
+
+    def fileno(self) -> int | None:
+        try:
+            return self.filelike.fileno()
+        except (AttributeError, OSError, ValueError):
+            return None
+
+
+class WsgiInput:
+    """``wsgi.input``: the request body streamed from the loop, read from a worker thread."""
+
+    __slots__ = ("_buf", "_done", "_loop", "_stream")
+
+    def __init__(self, stream: Stream, loop: asyncio.AbstractEventLoop, empty: bool) -> None:
+        self._stream = stream
+        self._loop = loop
+        self._buf = bytearray()
+        self._done = empty
+
+    def _fill(self) -> bool:
+        if self._done:
+            return False
+        future = asyncio.run_coroutine_threadsafe(self._stream.receive_body(), self._loop)
+        data, more = future.result()
+        self._buf += data
+        self._done = not more
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            while self._fill():
+                pass
+            data = bytes(self._buf)
+            self._buf.clear()
+            return data
+        while len(self._buf) < size and self._fill():
+            pass
+        data = bytes(self._buf[:size])
+        del self._buf[:size]
+        return data
+
+    def readline(self, size: int | None = -1) -> bytes:
+        limit = -1 if size is None else size
+        start = 0
+        while True:
+            index = self._buf.find(b"\n", start)
+            if index >= 0:
+                end = index + 1
+                break
+            if 0 <= limit <= len(self._buf):
+                end = limit
+                break
+            start = len(self._buf)
+            if not self._fill():
+                end = len(self._buf)
+                break
+        if 0 <= limit < end:
+            end = limit
+        data = bytes(self._buf[:end])
+        del self._buf[:end]
+        return data
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        lines: list[bytes] = []
+        total = 0
+        while True:
+            line = self.readline()
+            if not line:
+                return lines
+            lines.append(line)
+            total += len(line)
+            if 0 < hint <= total:
+                return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            line = self.readline()
+            if not line:
+                return
+            yield line
+
+
+class WsgiResponse:
+    """start_response, write() and the hand-over of the response to the loop."""
+
+    __slots__ = ("_headers", "_inflight", "_pending", "_sent", "loop", "status", "stream")
+
+    def __init__(self, stream: Stream, loop: asyncio.AbstractEventLoop) -> None:
+        self.stream = stream
+        self.loop = loop
+        self.status = 0
+        self._headers: Headers | None = None
+        self._sent = False  # the head was handed to the loop
+        self._pending: bytes | None = None  # first chunk, held in case it is the only one
+        self._inflight: Future[None] | None = None
+
+    def start_response(
+        self,
+        status: str,
+        headers: list[tuple[str, str]],
+        exc_info: ExcInfo | None = None,
+    ) -> Callable[[bytes], None]:
+        if exc_info is not None:
+            try:
+                if self._sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self._headers is not None:
+            raise RuntimeError("WSGI: start_response called a second time without exc_info")
+        if not isinstance(status, str) or len(status) < 4 or status[3] != " ":
+            raise ValueError(f"WSGI: invalid status {status!r}")
+        code = int(status[:3])
+        encoded = []
+        for name, value in headers:
+            if not isinstance(name, str) or not isinstance(value, str):
+                raise TypeError(f"WSGI: header names and values must be str: {(name, value)!r}")
+            encoded.append((name.encode("latin-1"), value.encode("latin-1")))
+        self.status = code
+        self._headers = encoded
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        if self._headers is None:
+            raise RuntimeError("WSGI: body written before start_response")
+        if not data:
+            return
+        if not self._sent and self._pending is None:
+            self._pending = data
+            return
+        if self._pending is not None:
+            data = self._pending + data
+            self._pending = None
+        self._wait_inflight()
+        headers = None if self._sent else self._headers
+        self._sent = True
+        self._inflight = asyncio.run_coroutine_threadsafe(
+            _send_chunk(self.stream, self.status, headers, data), self.loop
+        )
+
+    def _wait_inflight(self) -> None:
+        if self._inflight is not None:
+            inflight, self._inflight = self._inflight, None
+            inflight.result()
+
+    def finish(self, data: bytes = b"") -> None:
+        if self._headers is None:
+            raise RuntimeError("WSGI: the application returned without calling start_response")
+        if self._pending is not None:
+            data = self._pending + data if data else self._pending
+            self._pending = None
+        self._wait_inflight()
+        headers = None if self._sent else self._headers
+        self._sent = True
+        self.stream.send_threadsafe(self.status, headers, data, False)
+
+    def send_file(self, wrapper: FileWrapper) -> bool:
+        """Send a file_wrapper with sendfile when possible; False to fall back to iterating."""
+        if wrapper.fileno() is None or self._sent or self._pending is not None:
+            return False
+        assert self._headers is not None
+        count = None
+        for name, value in self._headers:
+            if name.lower() == b"content-length":
+                count = int(value)
+        file = wrapper.filelike
+        self._sent = True
+        asyncio.run_coroutine_threadsafe(
+            _send_file(self.stream, self.status, self._headers, file, file.tell(), count),
+            self.loop,
+        ).result()
+        return True
+
+    def fail(self) -> None:
+        try:
+            self._wait_inflight()
+        except Exception:
+            pass
+        self.loop.call_soon_threadsafe(_fail, self.stream)
+
+
+async def _send_chunk(stream: Stream, status: int, headers: Headers | None, data: bytes) -> None:
+    if headers is not None:
+        stream.send_head(status, headers)
+    stream.send_body(data, True)
+    if stream.write_paused:
+        await stream.drain()
+
+
+async def _send_file(
+    stream: Stream, status: int, headers: Headers, file: IO[bytes], offset: int, count: int | None
+) -> None:
+    stream.send_head(status, headers)
+    await stream.send_file(file, offset, count)
+
+
+def _fail(stream: Stream) -> None:
+    if not stream.send_error(500):
+        stream.abort()
+
+
+class WsgiHandler:
+    """The Handler for WSGI apps: queue the request for a pool thread."""
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        loop: asyncio.AbstractEventLoop,
+        threads: int,
+        root_path: str,
+        multiprocess: bool = False,
+    ) -> None:
+        self.app = app
+        self.loop = loop
+        self.root_path = root_path
+        self._jobs: queue.SimpleQueue[Stream | None] = queue.SimpleQueue()
+        self._base_environ: dict[str, Any] = {
+            "SCRIPT_NAME": root_path,
+            "wsgi.version": (1, 0),
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": threads > 1,
+            "wsgi.multiprocess": multiprocess,
+            "wsgi.run_once": False,
+            "wsgi.input_terminated": True,
+            "wsgi.file_wrapper": FileWrapper,
+        }
+        self._threads = [
+            threading.Thread(target=self._work, name=f"threshold-wsgi-{i}", daemon=True)
+            for i in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def __call__(self, stream: Stream) -> None:
+        self._jobs.put(stream)
+
+    def close(self, timeout: float) -> None:
+        """Stop the pool; threads still running an app after ``timeout`` are abandoned."""
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join(timeout)
+            if thread.is_alive():
+                logger.warning("WSGI thread %s still busy at shutdown; abandoned", thread.name)
+
+    def _work(self) -> None:
+        get = self._jobs.get
+        while True:
+            stream = get()
+            if stream is None:
+                return
+            self._handle(stream)
+
+    def _handle(self, stream: Stream) -> None:
+        environ = self.build_environ(stream)
+        response = WsgiResponse(stream, self.loop)
+        result: Iterable[bytes] | None = None
+        try:
+            result = self.app(environ, response.start_response)
+            if type(result) is list and len(result) == 1:
+                response.finish(result[0])
+            elif isinstance(result, FileWrapper) and response.send_file(result):
+                response.finish()
+            else:
+                for chunk in result:
+                    response.write(chunk)
+                response.finish()
+        except ClientDisconnected:
+            logger.debug("client disconnected during %s", environ["PATH_INFO"])
+            self.loop.call_soon_threadsafe(stream.abort)
+        except BaseException as exc:
+            logger.error(
+                "Exception in WSGI application (%s %s)",
+                environ["REQUEST_METHOD"],
+                environ["PATH_INFO"],
+                exc_info=exc,
+            )
+            response.fail()
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception as exc:
+                    logger.error("Exception closing the WSGI response iterable", exc_info=exc)
+
+    def build_environ(self, stream: Stream) -> dict[str, Any]:
+        head = stream.head
+        raw_path = head.raw_path
+        if b"%" in raw_path:
+            path = unquote_to_bytes(raw_path).decode("latin-1")
+        else:
+            path = raw_path.decode("latin-1")
+        root = self.root_path
+        if root and (path == root or path.startswith(root + "/")):
+            path = path[len(root) :]
+        query = head.query_string.decode("latin-1")
+        raw_uri = raw_path.decode("latin-1")
+        if query:
+            raw_uri += "?" + query
+        environ = self._base_environ.copy()
+        environ["REQUEST_METHOD"] = head.method
+        environ["PATH_INFO"] = path
+        environ["QUERY_STRING"] = query
+        environ["RAW_URI"] = raw_uri
+        environ["REQUEST_URI"] = raw_uri
+        environ["SERVER_PROTOCOL"] = "HTTP/" + head.http_version
+        environ["wsgi.url_scheme"] = head.scheme
+        if head.client is not None:
+            environ["REMOTE_ADDR"] = head.client[0]
+            environ["REMOTE_PORT"] = str(head.client[1])
+        else:
+            environ["REMOTE_ADDR"] = ""
+        if head.server is not None and head.server[1] is not None:
+            environ["SERVER_NAME"] = head.server[0]
+            environ["SERVER_PORT"] = str(head.server[1])
+        else:  # unix socket
+            environ["SERVER_NAME"] = "localhost"
+            environ["SERVER_PORT"] = "443" if head.scheme == "https" else "80"
+        if head.scheme == "https":
+            environ["HTTPS"] = "on"
+        empty_body = True
+        for name, value in head.headers:
+            if name == b"content-length":
+                key = "CONTENT_LENGTH"
+                empty_body = value == b"0"
+            elif name == b"content-type":
+                key = "CONTENT_TYPE"
+            elif name == b"transfer-encoding":
+                empty_body = False
+                key = "HTTP_TRANSFER_ENCODING"
+            elif b"_" in name:
+                # "x_forwarded_for" would alias "x-forwarded-for" (header spoofing).
+                continue
+            else:
+                key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+            text = value.decode("latin-1")
+            if key in environ:
+                environ[key] += ("; " if key == "HTTP_COOKIE" else ",") + text
+            else:
+                environ[key] = text
+        environ["wsgi.input"] = WsgiInput(stream, self.loop, empty_body)
+        return environ

@@ -1,0 +1,96 @@
+"""Bind strings to listening sockets: HOST:PORT, [IPV6]:PORT, unix:PATH, fd://N."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+from dataclasses import dataclass
+
+
+class BindError(ValueError):
+    pass
+
+
+@dataclass
+class Listener:
+    sock: socket.socket
+    bind: str
+
+    def url(self, scheme: str = "http") -> str:
+        """The address as users type it, with the real port (port 0 resolved)."""
+        if self.sock.family == socket.AF_UNIX:
+            return f"{scheme}+unix:{self.sock.getsockname()}"
+        host, port = self.sock.getsockname()[:2]
+        if self.sock.family == socket.AF_INET6:
+            host = f"[{host}]"
+        return f"{scheme}://{host}:{port}"
+
+
+def parse_bind(bind: str) -> tuple[str, object]:
+    """("tcp", (host, port)) | ("unix", path) | ("fd", n)."""
+    if bind.startswith("unix:"):
+        path = bind[5:]
+        if not path:
+            raise BindError(f"bind: empty unix socket path in {bind!r}")
+        return "unix", path
+    if bind.startswith("fd://"):
+        try:
+            return "fd", int(bind[5:])
+        except ValueError:
+            raise BindError(f"bind: {bind!r} is not fd://N") from None
+    if bind.startswith("["):
+        host, sep, port_text = bind[1:].partition("]:")
+        if not sep:
+            raise BindError(f"bind: {bind!r} is not [IPV6]:PORT")
+    else:
+        host, sep, port_text = bind.rpartition(":")
+        if not sep:
+            host, port_text = bind, "8000"
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise BindError(f"bind: bad port in {bind!r}") from None
+    if not 0 <= port <= 65535:
+        raise BindError(f"bind: port out of range in {bind!r}")
+    return "tcp", (host or "127.0.0.1", port)
+
+
+def create_listener(bind: str, backlog: int) -> Listener:
+    kind, target = parse_bind(bind)
+    if kind == "fd":
+        assert isinstance(target, int)
+        sock = socket.socket(fileno=target)
+    elif kind == "unix":
+        assert isinstance(target, str)
+        try:
+            if stat.S_ISSOCK(os.stat(target).st_mode):
+                os.unlink(target)  # stale socket from an earlier run
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(target)
+        except OSError as exc:
+            sock.close()
+            raise BindError(f"bind: cannot bind {bind}: {exc.strerror}") from None
+    else:
+        assert isinstance(target, tuple)
+        host, port = target
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except socket.gaierror as exc:
+            raise BindError(f"bind: cannot resolve {host!r}: {exc}") from None
+        family, _, _, _, address = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            sock.close()
+            raise BindError(f"bind: cannot bind {bind}: {exc.strerror}") from None
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return Listener(sock, bind)

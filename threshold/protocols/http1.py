@@ -1,0 +1,646 @@
+"""HTTP/1.1 connection: an asyncio.Protocol around httptools (llhttp).
+
+llhttp does the parsing (sans-I/O); this module owns the transport, turns each
+request into an :class:`Http1Stream` for the interface layer, frames responses,
+and applies flow control both ways. One request is served at a time per
+connection; pipelined requests wait in order with reading paused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from http import HTTPStatus
+from time import perf_counter
+from typing import IO, Any
+
+import httptools
+
+from threshold.context import ServerContext
+from threshold.stream import ClientDisconnected, Headers, RequestHead, Stream
+
+logger = logging.getLogger("threshold.error")
+
+# Request body buffered per stream before reading from the socket pauses.
+BODY_HIGH_WATER = 256 * 1024
+# Transport write buffer limits: a client slower than the app pauses the app.
+WRITE_HIGH_WATER = 256 * 1024
+WRITE_LOW_WATER = 64 * 1024
+
+NO_BODY_STATUS = frozenset({204, 304})
+
+
+def _status_line(status: int) -> bytes:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    return f"HTTP/1.1 {status} {phrase}\r\n".encode("ascii")
+
+
+STATUS_LINES = {status.value: _status_line(status.value) for status in HTTPStatus}
+
+
+class HeadTooLarge(Exception):
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+
+class Http1Stream(Stream):
+    """One request on an HTTP/1.1 connection."""
+
+    __slots__ = (
+        "_body",
+        "_body_done",
+        "_body_size",
+        "_body_waiter",
+        "_chunked",
+        "_content_length",
+        "_discard",
+        "_disconnect_waiter",
+        "_disconnected",
+        "_expect_100",
+        "_finished",
+        "_head_parts",
+        "_head_written",
+        "_http10",
+        "_is_head",
+        "_no_body",
+        "body_sent",
+        "conn",
+        "head",
+        "keep_alive",
+        "start_time",
+        "status",
+    )
+
+    def __init__(
+        self,
+        conn: Http1Connection,
+        head: RequestHead,
+        keep_alive: bool,
+        expect_100: bool,
+    ) -> None:
+        self.conn = conn
+        self.head = head
+        self.keep_alive = keep_alive
+        self._expect_100 = expect_100
+        self._http10 = head.http_version == "1.0"
+        self._is_head = head.method == "HEAD"
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._body_done = False
+        self._body_waiter: asyncio.Future[None] | None = None
+        self._disconnect_waiter: asyncio.Future[None] | None = None
+        self._disconnected = False
+        self._discard = False
+        self._head_parts: list[bytes] | None = None
+        self._head_written = False
+        self._content_length: int | None = None
+        self._chunked = False
+        self._no_body = False
+        self._finished = False
+        self.status = 0
+        self.body_sent = 0
+        self.start_time = 0.0
+
+    # -- request body (fed by the connection) ---------------------------------
+
+    def _feed(self, data: bytes) -> None:
+        if self._discard:
+            return
+        self._body.append(data)
+        self._body_size += len(data)
+        waiter = self._body_waiter
+        if waiter is not None:
+            self._body_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+        if self._body_size > BODY_HIGH_WATER:
+            self.conn._pause_reading()
+
+    def _feed_done(self) -> None:
+        self._body_done = True
+        waiter = self._body_waiter
+        if waiter is not None:
+            self._body_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _lost(self) -> None:
+        self._disconnected = True
+        for waiter in (self._body_waiter, self._disconnect_waiter):
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        self._body_waiter = None
+
+    async def receive_body(self) -> tuple[bytes, bool]:
+        while True:
+            if self._body:
+                data = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+                self._body.clear()
+                self._body_size = 0
+                self.conn._maybe_resume_reading()
+                return data, not self._body_done
+            if self._body_done:
+                return b"", False
+            if self._disconnected:
+                raise ClientDisconnected("client disconnected while sending the body")
+            if self._expect_100:
+                self._expect_100 = False
+                if not self._head_written:
+                    self.conn.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.conn._maybe_resume_reading()
+            waiter = self.conn.loop.create_future()
+            self._body_waiter = waiter
+            await waiter
+
+    async def wait_disconnect(self) -> None:
+        if self._disconnected or self._finished:
+            return
+        if self._disconnect_waiter is None:
+            self._disconnect_waiter = self.conn.loop.create_future()
+        await self._disconnect_waiter
+
+    @property
+    def disconnected(self) -> bool:
+        return self._disconnected
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self.conn.loop
+
+    # -- response ---------------------------------------------------------------
+
+    def send_head(self, status: int, headers: Headers) -> None:
+        if self._head_parts is not None or self._head_written:
+            raise RuntimeError("response already started")
+        status_line = STATUS_LINES.get(status)
+        if status_line is None:
+            if not 100 <= status <= 999:
+                raise ValueError(f"invalid status code {status!r}")
+            status_line = _status_line(status)
+        parts = [status_line, self.conn.ctx.default_headers]
+        content_length: int | None = None
+        chunked = False
+        n = 0
+        for name, value in headers:
+            lname = name.lower()
+            if lname == b"content-length":
+                content_length = int(value)
+            elif lname == b"connection":
+                if value.lower() == b"close":
+                    self.keep_alive = False
+                continue  # we write our own
+            elif lname == b"transfer-encoding":
+                chunked = True
+                if value.lower() != b"chunked":
+                    raise ValueError(f"unsupported transfer-encoding {value!r}")
+                continue
+            parts.append(name + b": " + value + b"\r\n")
+            n += 1
+        block = b"".join(parts[2:])
+        if block.count(b"\n") != n or block.count(b"\r") != n:
+            raise ValueError("response header names and values must not contain CR or LF")
+        self.status = status
+        self._content_length = content_length
+        self._chunked = chunked
+        self._no_body = self._is_head or status in NO_BODY_STATUS or status < 200
+        self._head_parts = parts
+
+    def _framing(self, first: bytes, more: bool) -> None:
+        """Decide length/chunked/close framing once the first body chunk is known."""
+        parts = self._head_parts
+        assert parts is not None
+        if self._content_length is not None:
+            self._chunked = False
+        elif self.status in NO_BODY_STATUS or self.status < 200:
+            pass
+        elif not more:
+            self._content_length = len(first)
+            parts.append(b"content-length: %d\r\n" % len(first))
+        elif self._http10:
+            self.keep_alive = False  # body delimited by close
+        else:
+            self._chunked = True
+            if not self._is_head:
+                parts.append(b"transfer-encoding: chunked\r\n")
+        if self._chunked and self._is_head:
+            self._chunked = False
+        if not self.keep_alive or self.conn._closing:
+            self.keep_alive = False
+            parts.append(b"connection: close\r\n")
+        elif self._http10:
+            parts.append(b"connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+
+    def send_body(self, data: bytes, more: bool) -> None:
+        if self._finished:
+            raise RuntimeError("response already complete")
+        if self._disconnected:
+            raise ClientDisconnected("client disconnected")
+        if not self._head_written:
+            if self._head_parts is None:
+                raise RuntimeError("body sent before the response head")
+            self._framing(data, more)
+            out = self._head_parts
+            self._head_parts = None
+            self._head_written = True
+        else:
+            out = []
+        if data and not self._no_body:
+            self.body_sent += len(data)
+            if self._chunked:
+                out.append(b"%x\r\n" % len(data))
+                out.append(data)
+                out.append(b"\r\n")
+            else:
+                out.append(data)
+        if not more:
+            if self._chunked:
+                out.append(b"0\r\n\r\n")
+            elif (
+                self._content_length is not None
+                and not self._no_body
+                and self.body_sent != self._content_length
+            ):
+                # The app lied about content-length; the framing is broken.
+                self.keep_alive = False
+        if out:
+            self.conn.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if not more:
+            self._finish()
+
+    def _finish(self) -> None:
+        self._finished = True
+        waiter = self._disconnect_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        self.conn._response_complete(self)
+
+    @property
+    def write_paused(self) -> bool:
+        return self.conn._write_paused
+
+    async def drain(self) -> None:
+        conn = self.conn
+        while conn._write_paused:
+            if self._disconnected:
+                raise ClientDisconnected("client disconnected")
+            waiter = conn.loop.create_future()
+            conn._drain_waiters.append(waiter)
+            await waiter
+        if self._disconnected:
+            raise ClientDisconnected("client disconnected")
+
+    async def send_file(self, file: IO[bytes], offset: int, count: int | None) -> None:
+        self.send_body(b"", True)
+        if count == 0:
+            return
+        if self._chunked or self._no_body:
+            await self._send_file_chunks(file, offset, count)
+            return
+        loop = self.conn.loop
+        transport = self.conn.transport
+        try:
+            sent = await loop.sendfile(transport, file, offset, count)
+        except ClientDisconnected:
+            raise
+        except (ConnectionError, OSError) as exc:
+            raise ClientDisconnected(str(exc)) from exc
+        self.body_sent += sent
+
+    async def _send_file_chunks(self, file: IO[bytes], offset: int, count: int | None) -> None:
+        file.seek(offset)
+        while count is None or count > 0:
+            data = file.read(65536 if count is None else min(65536, count))
+            if not data:
+                break
+            if count is not None:
+                count -= len(data)
+            self.send_body(data, True)
+            if self.conn._write_paused:
+                await self.drain()
+
+    def send_error(self, status: int) -> bool:
+        """Replace an unsent response with a plain error response; False if too late."""
+        if self._head_written or self._finished or self._disconnected:
+            return False
+        self._head_parts = None
+        self.keep_alive = False
+        body = f"{status} {HTTPStatus(status).phrase}\n".encode()
+        self.send_head(status, [(b"content-type", b"text/plain; charset=utf-8")])
+        self.send_body(body, False)
+        return True
+
+    def abort(self) -> None:
+        self.keep_alive = False
+        if not self._finished:
+            self._finished = True
+            self.conn._response_aborted(self)
+
+    def send_threadsafe(
+        self, status: int, headers: Headers | None, body: bytes, more: bool
+    ) -> None:
+        self.conn.loop.call_soon_threadsafe(self._send_from_thread, status, headers, body, more)
+
+    def _send_from_thread(
+        self, status: int, headers: Headers | None, body: bytes, more: bool
+    ) -> None:
+        if self._disconnected or self._finished:
+            return
+        try:
+            if headers is not None:
+                self.send_head(status, headers)
+            self.send_body(body, more)
+        except ClientDisconnected:
+            pass
+        except (ValueError, RuntimeError):
+            logger.exception("invalid response from the application")
+            if not self.send_error(500):
+                self.abort()
+
+
+class Http1Connection(asyncio.Protocol):
+    """One client connection speaking HTTP/1.1 (and 1.0)."""
+
+    __slots__ = (
+        "_active",
+        "_client",
+        "_closing",
+        "_current",
+        "_drain_waiters",
+        "_error_status",
+        "_expect_100",
+        "_head_size",
+        "_headers",
+        "_idle_since",
+        "_queue",
+        "_reading_paused",
+        "_server",
+        "_url",
+        "_write_paused",
+        "ctx",
+        "loop",
+        "parser",
+        "scheme",
+        "transport",
+    )
+
+    def __init__(self, ctx: ServerContext, loop: asyncio.AbstractEventLoop) -> None:
+        self.ctx = ctx
+        self.loop = loop
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.scheme = "http"
+        self._client: tuple[str, int] | None = None
+        self._server: tuple[str, int | None] | None = None
+        self._url = b""
+        self._headers: Headers = []
+        self._head_size = 0
+        self._expect_100 = False
+        self._current: Http1Stream | None = None  # being parsed
+        self._active: Http1Stream | None = None  # being served by the app
+        self._queue: deque[Http1Stream] | None = None  # pipelined, waiting
+        self._reading_paused = False
+        self._write_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._closing = False
+        self._error_status = 0
+        self._idle_since = ctx.now
+
+    # -- asyncio.Protocol -----------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
+        self._client = _address(transport.get_extra_info("peername"))
+        self._server = _address(transport.get_extra_info("sockname"))
+        if transport.get_extra_info("sslcontext") is not None:
+            self.scheme = "https"
+        self.ctx.connections.add(self)
+        if self.ctx.shutting_down:
+            self._closing = True
+            transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ctx.connections.discard(self)
+        self._closing = True
+        for stream in (self._active, self._current):
+            if stream is not None:
+                stream._lost()
+        if self._queue:
+            for stream in self._queue:
+                stream._lost()
+            self._queue.clear()
+        self._wake_drain_waiters()
+        self.parser = None  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # Upgrades (WebSocket, h2c) are not served yet: answer the request
+            # as plain HTTP and read nothing more from this connection.
+            stream = self._current or self._active
+            if stream is not None:
+                stream.keep_alive = False
+            if self._queue:
+                self._queue[-1].keep_alive = False
+            self._pause_reading()
+        except httptools.HttpParserError as exc:
+            status = self._error_status or 400
+            logger.debug("bad request from %s: %s", self._client, exc)
+            self._protocol_error(status)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_drain_waiters()
+
+    def _wake_drain_waiters(self) -> None:
+        waiters = self._drain_waiters
+        if waiters:
+            self._drain_waiters = []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    # -- httptools callbacks ----------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._head_size = 0
+        self._expect_100 = False
+        self._idle_since = -1.0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_size += len(url)
+        if self._head_size > self.ctx.config.limit_request_head:
+            self._error_status = 414
+            raise HeadTooLarge(414)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        self._headers.append((name, value))
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > self.ctx.config.limit_request_head:
+            self._error_status = 431
+            raise HeadTooLarge(431)
+        if name == b"expect" and value.lower() == b"100-continue":
+            self._expect_100 = True
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        url = self._url
+        if url[:1] == b"/":
+            path, _, query = url.partition(b"?")
+        elif url == b"*":
+            path, query = url, b""
+        else:
+            parsed = httptools.parse_url(url)
+            path = parsed.path or b"/"
+            query = parsed.query or b""
+        head = RequestHead(
+            parser.get_method().decode("ascii"),
+            path,
+            query,
+            parser.get_http_version(),
+            self._headers,
+            self.scheme,
+            self._client,
+            self._server,
+        )
+        stream = Http1Stream(self, head, parser.should_keep_alive(), self._expect_100)
+        self._current = stream
+        if self._active is None:
+            self._start(stream)
+        else:
+            if self._queue is None:
+                self._queue = deque()
+            self._queue.append(stream)
+            self._pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        stream = self._current
+        if stream is not None:
+            stream._feed(body)
+
+    def on_message_complete(self) -> None:
+        stream = self._current
+        if stream is not None:
+            self._current = None
+            stream._feed_done()
+            if self._active is None and stream._discard:
+                self._idle_since = self.ctx.now
+
+    # -- request lifecycle --------------------------------------------------------
+
+    def _start(self, stream: Http1Stream) -> None:
+        self._active = stream
+        if self.ctx.access_log is not None:
+            stream.start_time = perf_counter()
+        self.ctx.handler(stream)
+
+    def _response_complete(self, stream: Http1Stream) -> None:
+        ctx = self.ctx
+        if ctx.access_log is not None:
+            ctx.access_log(
+                stream, stream.status, stream.body_sent, perf_counter() - stream.start_time
+            )
+        self._active = None
+        if not stream._body_done:
+            if stream._expect_100:
+                stream.keep_alive = False  # the client may still send the body, or not
+            else:
+                stream._discard = True  # read and drop the rest of the unread body
+                stream._body.clear()
+                stream._body_size = 0
+        if not stream.keep_alive or self._closing:
+            self._close()
+            return
+        queue = self._queue
+        if queue:
+            self._start(queue.popleft())
+        elif self._error_status and self._current is None:
+            self._send_protocol_error(self._error_status)
+        else:
+            if self._current is None:
+                self._idle_since = ctx.now
+            self._maybe_resume_reading()
+
+    def _response_aborted(self, stream: Http1Stream) -> None:
+        self._active = None
+        self._close()
+
+    def _protocol_error(self, status: int) -> None:
+        """The parser rejected the input: answer after any in-flight response, then close."""
+        self._error_status = status
+        self._current = None
+        self._pause_reading()
+        if self._active is None:
+            self._send_protocol_error(status)
+
+    def _send_protocol_error(self, status: int) -> None:
+        if self.transport.is_closing():
+            return
+        body = f"{status} {HTTPStatus(status).phrase}\n".encode()
+        self.transport.write(
+            b"".join(
+                (
+                    STATUS_LINES[status],
+                    self.ctx.default_headers,
+                    b"content-type: text/plain; charset=utf-8\r\n",
+                    b"content-length: %d\r\n" % len(body),
+                    b"connection: close\r\n\r\n",
+                    body,
+                )
+            )
+        )
+        self._close()
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and not self._closing:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def _maybe_resume_reading(self) -> None:
+        if not self._reading_paused or self._closing or self._queue or self._error_status:
+            return
+        current = self._current
+        if current is not None and current._body_size > BODY_HIGH_WATER:
+            return
+        self._reading_paused = False
+        self.transport.resume_reading()
+
+    def _close(self) -> None:
+        self._closing = True
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    # -- what the server calls ----------------------------------------------------
+
+    def shutdown(self) -> None:
+        self._closing = True
+        if self._active is None:
+            self._close()
+
+    def on_tick(self, now: float) -> None:
+        idle_since = self._idle_since
+        if idle_since >= 0 and now - idle_since > self.ctx.config.keep_alive_timeout:
+            self._close()
+
+    def abort(self) -> None:
+        self._closing = True
+        self.transport.abort()
+
+
+def _address(addr: Any) -> Any:
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        return (str(addr[0]), int(addr[1]))
+    return None

@@ -1,0 +1,199 @@
+"""One worker: listeners, the event loop, the connection registry, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from typing import Any
+
+from threshold.config import Config
+from threshold.context import ServerContext
+from threshold.interfaces.asgi import AsgiHandler
+from threshold.interfaces.lifespan import Lifespan, LifespanFailure
+from threshold.interfaces.wsgi import WsgiHandler
+from threshold.loader import LoadError, asgi2_to_asgi3, detect_interface, load_app
+from threshold.net import BindError, Listener, create_listener
+from threshold.observe.logs import AccessLog, configure_logging
+from threshold.protocols.http1 import Http1Connection
+
+logger = logging.getLogger("threshold.error")
+
+EXIT_OK = 0
+EXIT_STARTUP_FAILED = 3  # lifespan startup failed, or the sockets could not be bound
+
+
+class Server:
+    """Serve one app on the configured listeners until asked to stop."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.listeners: list[Listener] = []
+        self.started = threading.Event()  # set once listening (for embedding and tests)
+        self.exit_code = EXIT_OK
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._force = False
+
+    # -- control from other threads / signal handlers ---------------------------
+
+    def request_shutdown(self) -> None:
+        """Thread-safe: begin a graceful shutdown."""
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None:
+            loop.call_soon_threadsafe(stop.set)
+
+    def _on_signal(self) -> None:
+        assert self._stop is not None
+        if self._stop.is_set():
+            self._force = True  # a second signal skips the graceful wait
+            logger.info("Second signal: closing connections now")
+        self._stop.set()
+
+    @property
+    def urls(self) -> list[str]:
+        return [listener.url() for listener in self.listeners]
+
+    # -- the worker ---------------------------------------------------------------
+
+    async def serve(self, install_signals: bool = False) -> None:
+        config = self.config
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._stop = asyncio.Event()
+
+        app = load_app(config.app, factory=config.factory, app_dir=config.app_dir)
+        interface = config.interface
+        if interface == "auto":
+            interface = detect_interface(app)
+        if interface == "asgi2":
+            app = asgi2_to_asgi3(app)
+        logger.debug("Serving %r as %s", config.app, interface)
+
+        lifespan: Lifespan | None = None
+        state: dict[str, Any] | None = None
+        wsgi: WsgiHandler | None = None
+        if interface == "wsgi":
+            wsgi = WsgiHandler(app, loop, config.threads, config.root_path)
+            handler: Any = wsgi
+        else:
+            if config.lifespan != "off":
+                lifespan = Lifespan(app, config.lifespan)
+                try:
+                    await lifespan.startup()
+                except LifespanFailure as exc:
+                    logger.error("Application startup failed: %s", exc)
+                    self.exit_code = EXIT_STARTUP_FAILED
+                    return
+                if lifespan.supported:
+                    state = lifespan.state
+            handler = AsgiHandler(app, loop, config.root_path, state)
+
+        access_log = AccessLog() if config.access_log else None
+        ctx = ServerContext(config, handler, access_log)
+        servers: list[asyncio.AbstractServer] = []
+        try:
+            try:
+                self.listeners = [create_listener(b, config.backlog) for b in config.bind]
+            except BindError as exc:
+                logger.error("%s", exc)
+                self.exit_code = EXIT_STARTUP_FAILED
+                return
+            for listener in self.listeners:
+                servers.append(
+                    await loop.create_server(
+                        lambda: Http1Connection(ctx, loop),
+                        sock=listener.sock,
+                        backlog=config.backlog,
+                    )
+                )
+                logger.info("Listening on %s (%s)", listener.url(), interface)
+            if install_signals:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.add_signal_handler(sig, self._on_signal)
+            ticker = loop.create_task(self._tick(ctx))
+            self.started.set()
+            await self._stop.wait()
+
+            logger.info("Shutting down")
+            ctx.shutting_down = True
+            for aserver in servers:
+                aserver.close()
+            for conn in list(ctx.connections):
+                conn.shutdown()
+            await self._drain(ctx, handler)
+            ticker.cancel()
+        finally:
+            if install_signals:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
+            for aserver in servers:
+                aserver.close()
+            for listener in self.listeners:
+                listener.sock.close()
+            if wsgi is not None:
+                await loop.run_in_executor(None, wsgi.close, 1.0)
+            if lifespan is not None and lifespan.supported:
+                await lifespan.shutdown()
+            self.started.set()
+        logger.info("Stopped")
+
+    async def _tick(self, ctx: ServerContext) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            ctx.refresh()
+            now = ctx.now
+            for conn in list(ctx.connections):
+                conn.on_tick(now)
+
+    async def _drain(self, ctx: ServerContext, handler: Any) -> None:
+        """Wait for in-flight requests, up to the graceful timeout; then close the rest."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.timeout_graceful_shutdown
+        while ctx.connections and not self._force and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if ctx.connections:
+            logger.warning("Closing %d connection(s) still busy at shutdown", len(ctx.connections))
+            for conn in list(ctx.connections):
+                conn.abort()
+        tasks = getattr(handler, "tasks", None)
+        if tasks:
+            for task in list(tasks):
+                task.cancel()
+            await asyncio.wait(list(tasks), timeout=1.0)
+
+
+def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
+    if kind in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise LoadError("--loop uvloop: uvloop is not installed") from None
+        else:
+            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+            return loop
+    return asyncio.new_event_loop()
+
+
+def run_config(config: Config) -> int:
+    """Run a server in this thread until SIGINT/SIGTERM; return the exit code."""
+    configure_logging(config.log_level)
+    server = Server(config)
+    loop = new_event_loop(config.loop)
+    try:
+        loop.run_until_complete(
+            server.serve(install_signals=threading.current_thread() is threading.main_thread())
+        )
+    finally:
+        try:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
+    return server.exit_code
+
+
+def run(app: Any, **options: Any) -> int:
+    """Serve ``app`` (an object or "module:attr") with ``Config(**options)``."""
+    return run_config(Config(app=app, **options))

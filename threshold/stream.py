@@ -1,0 +1,133 @@
+"""The one internal interface where wire protocols meet application interfaces.
+
+A protocol (HTTP/1.1 today, HTTP/2 later) turns each request into a
+:class:`Stream`; an interface (ASGI, WSGI) consumes streams through the methods
+below and knows nothing of the protocol that carried them.
+
+Calls are plain methods on the event-loop thread, except those ending in
+``_threadsafe`` which WSGI worker threads may call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import IO, Any
+
+__all__ = ["ClientDisconnected", "Handler", "RequestHead", "Stream"]
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class ClientDisconnected(OSError):
+    """The client went away; raised by sends and body reads on a closed stream."""
+
+
+class RequestHead:
+    """A parsed request head, as every interface sees it."""
+
+    __slots__ = (
+        "client",
+        "headers",
+        "http_version",
+        "method",
+        "query_string",
+        "raw_path",
+        "scheme",
+        "server",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        raw_path: bytes,
+        query_string: bytes,
+        http_version: str,
+        headers: Headers,
+        scheme: str,
+        client: tuple[str, int] | None,
+        server: tuple[str, int | None] | None,
+    ) -> None:
+        self.method = method
+        self.raw_path = raw_path  # percent-encoded, without the query string
+        self.query_string = query_string
+        self.http_version = http_version  # "1.0", "1.1", "2"
+        self.headers = headers  # lowercased names, values as received
+        self.scheme = scheme  # "http" or "https"
+        self.client = client
+        self.server = server
+
+
+class Stream:
+    """One request/response exchange. Protocols subclass this; interfaces call it."""
+
+    __slots__ = ()
+
+    head: RequestHead
+
+    # -- request body ---------------------------------------------------------
+    async def receive_body(self) -> tuple[bytes, bool]:
+        """Next chunk of the request body and whether more follows.
+
+        Waits when nothing is buffered. Raises ClientDisconnected if the client
+        went away before the body ended. Reading is what lets the protocol read
+        more from the client (backpressure) and what sends ``100 Continue``.
+        """
+        raise NotImplementedError
+
+    async def wait_disconnect(self) -> None:
+        """Return once the client has gone away (for ASGI http.disconnect)."""
+        raise NotImplementedError
+
+    @property
+    def disconnected(self) -> bool:
+        raise NotImplementedError
+
+    # -- response -------------------------------------------------------------
+    def send_head(self, status: int, headers: Headers) -> None:
+        """Start the response. The protocol may hold it to join it to the first body chunk."""
+        raise NotImplementedError
+
+    def send_body(self, data: bytes, more: bool) -> None:
+        """Queue body bytes; ``more=False`` ends the response. Never blocks."""
+        raise NotImplementedError
+
+    async def drain(self) -> None:
+        """Wait while the client is slower than the app (write backpressure)."""
+        raise NotImplementedError
+
+    @property
+    def write_paused(self) -> bool:
+        """True when the app should ``await drain()`` before sending more."""
+        raise NotImplementedError
+
+    async def send_file(self, file: IO[bytes], offset: int, count: int | None) -> None:
+        """Send part of an open file as body bytes (``more=True``); sendfile where possible."""
+        raise NotImplementedError
+
+    def send_error(self, status: int) -> bool:
+        """Replace a response not yet on the wire by a plain error; False if too late."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Drop the exchange: the app failed after the response started."""
+        raise NotImplementedError
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        raise NotImplementedError
+
+    # -- from a worker thread (WSGI) -------------------------------------------
+    def send_threadsafe(
+        self, status: int, headers: Headers | None, body: bytes, more: bool
+    ) -> None:
+        """Send (head and) body from a worker thread without waiting for the loop."""
+        raise NotImplementedError
+
+    def extensions(self) -> dict[str, Any]:
+        """Protocol extras for the ASGI scope (``extensions``); empty for plain HTTP/1.1."""
+        return {}
+
+
+Handler = Callable[[Stream], None]
+"""What an interface gives a protocol: called once per request on the loop thread."""
