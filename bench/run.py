@@ -256,10 +256,35 @@ def ensure_venv() -> None:
     if not (VENV_BIN / "python").exists():
         log(f"creating {VENV.relative_to(REPO)}")
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    pip = [str(VENV_BIN / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     log("installing peers from bench/requirements.txt and threshold (editable)")
-    subprocess.run([*pip, "-r", str(REQUIREMENTS), "-e", str(REPO)], check=True)
+    _pip_install("-r", str(REQUIREMENTS), "-e", str(REPO))
     stamp_file.write_text(stamp)
+
+
+def _pip_install(*args: str) -> None:
+    """pip install into bench/.venv; its chatter is shown only when it fails."""
+    argv = [str(VENV_BIN / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    done = subprocess.run([*argv, *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.stderr.write(done.stdout + done.stderr)
+        sys.exit(f"bench: pip install {' '.join(args)} failed ({done.returncode})")
+
+
+def ensure_editable_threshold() -> None:
+    """Reinstall Threshold if the editable install does not map to this work tree.
+
+    An editable install made before ``threshold/__init__.py`` existed maps a namespace
+    package, which breaks the ``threshold`` script once the real package appears.
+    """
+    probe = "import threshold; print(getattr(threshold, '__file__', None))"
+    python = str(VENV_BIN / "python")
+    found = subprocess.run([python, "-I", "-c", probe], capture_output=True, text=True, cwd="/")
+    if found.stdout.strip() == str(REPO / "threshold" / "__init__.py"):
+        return
+    if not (REPO / "threshold" / "__init__.py").exists():
+        return  # nothing to map yet; Threshold will be reported as failed
+    log("reinstalling threshold (editable) into bench/.venv")
+    _pip_install("--no-deps", "-e", str(REPO))
 
 
 # --------------------------------------------------------------------------- processes
@@ -929,6 +954,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ensure_tools()
     ensure_venv()
+    ensure_editable_threshold()
     idle_check = {
         f"core {c}": round(busy_share(c, 0.5), 3) for c in sorted({server_core, client_core})
     }

@@ -9,6 +9,6 @@ __all__ = ["Config", "__version__", "run"]
 
 def run(app: object, **options: object) -> int:
     """Serve ``app`` (an app object or a "module:attr" string); returns the exit code."""
-    from threshold.server import run as _run
+    from threshold.supervisor import run as _run
 
     return _run(app, **options)

@@ -69,7 +69,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from threshold.server import run_config
+    from threshold.supervisor import run_config
 
     try:
         config = parse_args(argv)
@@ -77,7 +77,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"threshold: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     try:
-        code = run_config(config)
+        args = sys.argv[1:] if argv is None else list(argv)
+        code = run_config(config, args, lambda: parse_args(args))
     except LoadError as exc:
         print(f"threshold: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)

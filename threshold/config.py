@@ -128,6 +128,80 @@ class Config:
         minimum=256,
         metavar="BYTES",
     )
+    workers: int = option(
+        1,
+        "Number of worker processes; 0 means one per CPU. More than 1 (or --reload, "
+        "--max-requests) runs a master process that supervises them.",
+        flags=("-w",),
+        minimum=0,
+        metavar="N",
+    )
+    reuse_port: bool = option(
+        False,
+        "Each worker binds its own socket with SO_REUSEPORT (kernel load balancing); "
+        "needs explicit ports.",
+    )
+    preload: bool = option(
+        False, "Import the app in the master before starting workers (HUP re-executes the master)."
+    )
+    worker_timeout: float = option(
+        30.0,
+        "Seconds a worker's event loop may stay silent before the master kills and replaces it.",
+        minimum=1,
+        metavar="SECONDS",
+    )
+    max_requests: int = option(
+        0,
+        "Restart a worker gracefully after about this many requests (0 = never).",
+        minimum=0,
+        metavar="N",
+    )
+    max_requests_jitter: int = option(
+        0,
+        "Add a random 0..J to --max-requests per worker so workers do not restart together.",
+        minimum=0,
+        metavar="J",
+    )
+    boot_failures: int = option(
+        5,
+        "Stop the master after this many workers in a row die while booting.",
+        minimum=1,
+        metavar="N",
+    )
+    pid: str = option(
+        "", "Write the master's (or single process') PID to this file.", metavar="FILE"
+    )
+    user: str = option("", "Switch to this user after binding (when started as root).")
+    group: str = option("", "Switch to this group after binding (when started as root).")
+    umask: str = option(
+        "", "Process umask, in octal (e.g. 022); empty leaves it unchanged.", metavar="OCTAL"
+    )
+    unix_socket_mode: str = option(
+        "",
+        "Permissions of unix sockets created by --bind unix:PATH, in octal (e.g. 660).",
+        metavar="OCTAL",
+    )
+    reload: bool = option(
+        False, "Development: restart the worker when watched files change (uses watchfiles)."
+    )
+    reload_dir: list[str] = option(
+        [],
+        "Directory to watch with --reload (default: --app-dir). Repeatable.",
+        multiple=True,
+        metavar="DIR",
+    )
+    reload_include: list[str] = option(
+        ["*.py"],
+        "Glob of file names that trigger a reload. Repeatable.",
+        multiple=True,
+        metavar="GLOB",
+    )
+    reload_exclude: list[str] = option(
+        [".*", "*.pyc", "__pycache__"],
+        "Glob of file or directory names to ignore with --reload. Repeatable.",
+        multiple=True,
+        metavar="GLOB",
+    )
     server_header: bool = option(True, "Send a 'server: threshold' response header.")
     date_header: bool = option(True, "Send a 'date' response header.")
     log_level: str = option("info", "Logging level.", choices=LOG_LEVELS)
@@ -144,6 +218,13 @@ class Config:
             _check(f.name, str(f.type), spec, value)
         if not self.bind:
             raise ConfigError("bind: at least one address is required")
+        for name in ("umask", "unix_socket_mode"):
+            text = getattr(self, name)
+            if text:
+                try:
+                    int(text, 8)
+                except ValueError:
+                    raise ConfigError(f"{name}: {text!r} is not an octal number") from None
 
     # -- loaders, all derived from the fields -------------------------------
 

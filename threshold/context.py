@@ -43,6 +43,7 @@ class ServerContext:
         "default_headers",
         "handler",
         "now",
+        "requests",
         "shutting_down",
     )
 
@@ -52,6 +53,7 @@ class ServerContext:
         self.access_log = access_log
         self.connections: set[Connection] = set()
         self.shutting_down = False
+        self.requests = 0  # served by this worker (for --max-requests)
         self.now = time.monotonic()
         self.default_headers = b""
         self.refresh()

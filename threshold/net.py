@@ -6,6 +6,12 @@ import os
 import socket
 import stat
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from threshold.config import Config
+
+SD_LISTEN_FDS_START = 3
 
 
 class BindError(ValueError):
@@ -16,6 +22,9 @@ class BindError(ValueError):
 class Listener:
     sock: socket.socket
     bind: str
+
+    def close(self) -> None:
+        self.sock.close()
 
     def url(self, scheme: str = "http") -> str:
         """The address as users type it, with the real port (port 0 resolved)."""
@@ -56,7 +65,42 @@ def parse_bind(bind: str) -> tuple[str, object]:
     return "tcp", (host or "127.0.0.1", port)
 
 
-def create_listener(bind: str, backlog: int) -> Listener:
+def systemd_listeners(environ: dict[str, str] | os._Environ[str]) -> list[Listener]:
+    """Sockets passed by systemd socket activation (LISTEN_FDS for this PID), if any."""
+    try:
+        if int(environ.get("LISTEN_PID", "0")) != os.getpid():
+            return []
+        count = int(environ.get("LISTEN_FDS", "0"))
+    except ValueError:
+        return []
+    listeners = []
+    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count):
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        listeners.append(Listener(sock, f"fd://{fd}"))
+    return listeners
+
+
+def bind_listeners(config: Config, reuse_port: bool = False) -> list[Listener]:
+    """Sockets from systemd socket activation if present, else one per --bind."""
+    listeners = systemd_listeners(os.environ)
+    if listeners:
+        return listeners
+    mode = int(config.unix_socket_mode, 8) if config.unix_socket_mode else None
+    created: list[Listener] = []
+    try:
+        for bind in config.bind:
+            created.append(create_listener(bind, config.backlog, reuse_port, mode))
+    except BindError:
+        for listener in created:
+            listener.close()
+        raise
+    return created
+
+
+def create_listener(
+    bind: str, backlog: int, reuse_port: bool = False, unix_mode: int | None = None
+) -> Listener:
     kind, target = parse_bind(bind)
     if kind == "fd":
         assert isinstance(target, int)
@@ -71,6 +115,8 @@ def create_listener(bind: str, backlog: int) -> Listener:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(target)
+            if unix_mode is not None:
+                os.chmod(target, unix_mode)
         except OSError as exc:
             sock.close()
             raise BindError(f"bind: cannot bind {bind}: {exc.strerror}") from None
@@ -84,6 +130,8 @@ def create_listener(bind: str, backlog: int) -> Listener:
         family, _, _, _, address = infos[0]
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         try:

@@ -10,25 +10,49 @@ from typing import Any
 
 from threshold.config import Config
 from threshold.context import ServerContext
-from threshold.interfaces.asgi import AsgiHandler
+from threshold.interfaces.asgi import REQUEST_TASK_NAME, AsgiHandler
 from threshold.interfaces.lifespan import Lifespan, LifespanFailure
 from threshold.interfaces.wsgi import WsgiHandler
 from threshold.loader import LoadError, asgi2_to_asgi3, detect_interface, load_app
-from threshold.net import BindError, Listener, create_listener
-from threshold.observe.logs import AccessLog, configure_logging
+from threshold.net import BindError, Listener, bind_listeners
+from threshold.observe.logs import AccessLog, reopen_log_files
 from threshold.protocols.http1 import Http1Connection
 
 logger = logging.getLogger("threshold.error")
 
 EXIT_OK = 0
+EXIT_LOAD_FAILED = 2  # the app could not be imported (same as a usage error)
 EXIT_STARTUP_FAILED = 3  # lifespan startup failed, or the sockets could not be bound
+
+
+class WorkerHooks:
+    """How a supervised worker reports to its master (see supervisor.py).
+
+    Called on the event loop: ``ready`` once listening, ``tick`` once a second
+    (the heartbeat: a blocked loop stops it) with the number of requests served.
+    """
+
+    multiprocess = True
+
+    def ready(self) -> None:
+        pass
+
+    def tick(self, requests: int) -> None:
+        pass
 
 
 class Server:
     """Serve one app on the configured listeners until asked to stop."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self,
+        config: Config,
+        listeners: list[Listener] | None = None,
+        hooks: WorkerHooks | None = None,
+    ) -> None:
         self.config = config
+        self.hooks = hooks
+        self._given_listeners = listeners
         self.listeners: list[Listener] = []
         self.started = threading.Event()  # set once listening (for embedding and tests)
         self.exit_code = EXIT_OK
@@ -43,6 +67,12 @@ class Server:
         loop, stop = self._loop, self._stop
         if loop is not None and stop is not None:
             loop.call_soon_threadsafe(stop.set)
+
+    def _on_quit(self) -> None:
+        """SIGQUIT: stop now, without the graceful wait."""
+        assert self._stop is not None
+        self._force = True
+        self._stop.set()
 
     def _on_signal(self) -> None:
         assert self._stop is not None
@@ -59,6 +89,7 @@ class Server:
 
     async def serve(self, install_signals: bool = False) -> None:
         config = self.config
+        hooks = self.hooks
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._stop = asyncio.Event()
@@ -75,7 +106,8 @@ class Server:
         state: dict[str, Any] | None = None
         wsgi: WsgiHandler | None = None
         if interface == "wsgi":
-            wsgi = WsgiHandler(app, loop, config.threads, config.root_path)
+            multiprocess = hooks is not None and hooks.multiprocess
+            wsgi = WsgiHandler(app, loop, config.threads, config.root_path, multiprocess)
             handler: Any = wsgi
         else:
             if config.lifespan != "off":
@@ -95,7 +127,7 @@ class Server:
         servers: list[asyncio.AbstractServer] = []
         try:
             try:
-                self.listeners = [create_listener(b, config.backlog) for b in config.bind]
+                self.listeners = self._given_listeners or bind_listeners(config)
             except BindError as exc:
                 logger.error("%s", exc)
                 self.exit_code = EXIT_STARTUP_FAILED
@@ -112,8 +144,12 @@ class Server:
             if install_signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.add_signal_handler(sig, self._on_signal)
+                loop.add_signal_handler(signal.SIGQUIT, self._on_quit)
+                loop.add_signal_handler(signal.SIGUSR1, reopen_log_files)
             ticker = loop.create_task(self._tick(ctx))
             self.started.set()
+            if hooks is not None:
+                hooks.ready()
             await self._stop.wait()
 
             logger.info("Shutting down")
@@ -122,16 +158,17 @@ class Server:
                 aserver.close()
             for conn in list(ctx.connections):
                 conn.shutdown()
-            await self._drain(ctx, handler)
+            await self._drain(ctx)
             ticker.cancel()
         finally:
             if install_signals:
-                for sig in (signal.SIGINT, signal.SIGTERM):
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1):
                     loop.remove_signal_handler(sig)
             for aserver in servers:
                 aserver.close()
-            for listener in self.listeners:
-                listener.sock.close()
+            if self._given_listeners is None:
+                for listener in self.listeners:
+                    listener.close()
             if wsgi is not None:
                 await loop.run_in_executor(None, wsgi.close, 1.0)
             if lifespan is not None and lifespan.supported:
@@ -140,14 +177,17 @@ class Server:
         logger.info("Stopped")
 
     async def _tick(self, ctx: ServerContext) -> None:
+        hooks = self.hooks
         while True:
+            if hooks is not None:
+                hooks.tick(ctx.requests)
             await asyncio.sleep(1.0)
             ctx.refresh()
             now = ctx.now
             for conn in list(ctx.connections):
                 conn.on_tick(now)
 
-    async def _drain(self, ctx: ServerContext, handler: Any) -> None:
+    async def _drain(self, ctx: ServerContext) -> None:
         """Wait for in-flight requests, up to the graceful timeout; then close the rest."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.timeout_graceful_shutdown
@@ -157,11 +197,12 @@ class Server:
             logger.warning("Closing %d connection(s) still busy at shutdown", len(ctx.connections))
             for conn in list(ctx.connections):
                 conn.abort()
-        tasks = getattr(handler, "tasks", None)
-        if tasks:
-            for task in list(tasks):
-                task.cancel()
-            await asyncio.wait(list(tasks), timeout=1.0)
+        # Request tasks still running (their clients are gone now) are cancelled.
+        leftovers = [t for t in asyncio.all_tasks() if t.get_name() == REQUEST_TASK_NAME]
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            await asyncio.wait(leftovers, timeout=1.0)
 
 
 def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
@@ -177,23 +218,21 @@ def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def run_config(config: Config) -> int:
-    """Run a server in this thread until SIGINT/SIGTERM; return the exit code."""
-    configure_logging(config.log_level)
-    server = Server(config)
-    loop = new_event_loop(config.loop)
+def run_server(server: Server) -> int:
+    """Run one server on a new event loop in this thread; return its exit code."""
+    loop = new_event_loop(server.config.loop)
     try:
         loop.run_until_complete(
             server.serve(install_signals=threading.current_thread() is threading.main_thread())
         )
+    except LoadError as exc:
+        if server.hooks is None:
+            raise
+        logger.error("%s", exc)  # one clear line; the master decides what follows
+        return EXIT_LOAD_FAILED
     finally:
         try:
             loop.run_until_complete(loop.shutdown_asyncgens())
         finally:
             loop.close()
     return server.exit_code
-
-
-def run(app: Any, **options: Any) -> int:
-    """Serve ``app`` (an object or "module:attr") with ``Config(**options)``."""
-    return run_config(Config(app=app, **options))

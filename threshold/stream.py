@@ -64,6 +64,8 @@ class Stream:
     __slots__ = ()
 
     head: RequestHead
+    # Protocol extras for the ASGI scope ("extensions"), e.g. TLS details; None for none.
+    extensions: dict[str, Any] | None = None
 
     # -- request body ---------------------------------------------------------
     async def receive_body(self) -> tuple[bytes, bool]:
@@ -123,10 +125,6 @@ class Stream:
     ) -> None:
         """Send (head and) body from a worker thread without waiting for the loop."""
         raise NotImplementedError
-
-    def extensions(self) -> dict[str, Any]:
-        """Protocol extras for the ASGI scope (``extensions``); empty for plain HTTP/1.1."""
-        return {}
 
 
 Handler = Callable[[Stream], None]

@@ -20,6 +20,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 ASGI_VERSION = "3.0"
 HTTP_SPEC_VERSION = "2.4"
+REQUEST_TASK_NAME = "threshold-request"  # how the server finds request tasks at shutdown
 
 
 def decode_path(raw_path: bytes) -> str:
@@ -53,7 +54,7 @@ def build_http_scope(stream: Stream, root_path: str, state: dict[str, Any] | Non
     }
     if state is not None:
         scope["state"] = state.copy()
-    extensions = stream.extensions()
+    extensions = stream.extensions
     if extensions:
         scope["extensions"] = extensions
     return scope
@@ -151,7 +152,7 @@ class AsgiHttpCycle:
 class AsgiHandler:
     """The Handler the server gives protocols: one task per request."""
 
-    __slots__ = ("app", "loop", "root_path", "state", "tasks")
+    __slots__ = ("app", "loop", "root_path", "state")
 
     def __init__(
         self,
@@ -164,10 +165,8 @@ class AsgiHandler:
         self.loop = loop
         self.root_path = root_path
         self.state = state
-        self.tasks: set[asyncio.Task[None]] = set()
 
     def __call__(self, stream: Stream) -> None:
         scope = build_http_scope(stream, self.root_path, self.state)
-        task = self.loop.create_task(AsgiHttpCycle(stream).run(self.app, scope))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        # The loop holds running tasks; the server cancels leftovers at shutdown by name.
+        self.loop.create_task(AsgiHttpCycle(stream).run(self.app, scope), name=REQUEST_TASK_NAME)

@@ -25,18 +25,18 @@ class Lifespan:
         self._startup_done = asyncio.Event()
         self._shutdown_done = asyncio.Event()
         self._failure: str | None = None
-        self._task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[None] | None = None
 
     async def startup(self) -> None:
         """Run the app's startup; raise LifespanFailure when the server must not start."""
-        self._task = asyncio.get_running_loop().create_task(self._main())
+        self.task = asyncio.get_running_loop().create_task(self._main())
         await self._receive_queue.put({"type": "lifespan.startup"})
         await self._startup_done.wait()
         if self._failure is not None:
             raise LifespanFailure(self._failure)
 
     async def shutdown(self) -> None:
-        if not self.supported or self._task is None or self._task.done():
+        if not self.supported or self.task is None or self.task.done():
             return
         await self._receive_queue.put({"type": "lifespan.shutdown"})
         await self._shutdown_done.wait()

@@ -60,3 +60,21 @@ class AccessLog:
             sent,
             duration * 1000,
         )
+
+
+def reopen_log_files() -> None:
+    """SIGUSR1: reopen the files of every logging.FileHandler on threshold's loggers.
+
+    For log rotation: handlers configured by the user (e.g. with dictConfig) that
+    write to files start writing to a new file of the same name.
+    """
+    for name in ("", "threshold", ERROR_LOGGER, ACCESS_LOGGER):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.acquire()
+                try:
+                    if handler.stream is not None:
+                        handler.stream.close()
+                    handler.stream = handler._open()
+                finally:
+                    handler.release()

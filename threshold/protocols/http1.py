@@ -543,6 +543,7 @@ class Http1Connection(asyncio.Protocol):
 
     def _start(self, stream: Http1Stream) -> None:
         self._active = stream
+        self.ctx.requests += 1
         if self.ctx.access_log is not None:
             stream.start_time = perf_counter()
         self.ctx.handler(stream)
@@ -567,6 +568,7 @@ class Http1Connection(asyncio.Protocol):
         queue = self._queue
         if queue:
             self._start(queue.popleft())
+            self._maybe_resume_reading()
         elif self._error_status and self._current is None:
             self._send_protocol_error(self._error_status)
         else:
@@ -581,8 +583,17 @@ class Http1Connection(asyncio.Protocol):
     def _protocol_error(self, status: int) -> None:
         """The parser rejected the input: answer after any in-flight response, then close."""
         self._error_status = status
+        stream = self._current
         self._current = None
         self._pause_reading()
+        if stream is not None:
+            # The body broke off: that request is never served whole. Answer it with
+            # the error if the app has not started a response, and end its body reads.
+            if self._queue and self._queue[-1] is stream:
+                self._queue.pop()
+            elif stream is self._active and not stream.send_error(status):
+                stream.abort()
+            stream._lost()
         if self._active is None:
             self._send_protocol_error(status)
 
