@@ -122,11 +122,65 @@ class Config:
         minimum=0,
         metavar="SECONDS",
     )
-    limit_request_head: int = option(
-        65536,
-        "Maximum size in bytes of a request line plus headers; larger heads get 431.",
-        minimum=256,
+    limit_request_line: int = option(
+        8190,
+        "Maximum length in bytes of the request target (URL); longer ones get 414.",
+        minimum=64,
         metavar="BYTES",
+    )
+    limit_request_fields: int = option(
+        100, "Maximum number of request header fields; more get 431.", minimum=1, metavar="N"
+    )
+    limit_request_field_size: int = option(
+        8190,
+        "Maximum size in bytes of one request header field (name + value); larger get 431.",
+        minimum=64,
+        metavar="BYTES",
+    )
+    max_body_size: int = option(
+        100 * 1024 * 1024,
+        "Maximum request body in bytes (0 = unlimited): 413 for a larger Content-Length; "
+        "a chunked body crossing it is cut off (the app sees a disconnect) and answered 413.",
+        minimum=0,
+        metavar="BYTES",
+    )
+    header_timeout: float = option(
+        10.0,
+        "Seconds to receive a whole request head, from its first byte (slowloris); then 408.",
+        minimum=0.1,
+        metavar="SECONDS",
+    )
+    body_timeout: float = option(
+        30.0,
+        "Seconds without request body progress while the app waits for it; then the "
+        "connection is closed and the app sees a disconnect.",
+        minimum=0.1,
+        metavar="SECONDS",
+    )
+    send_timeout: float = option(
+        30.0,
+        "Seconds a client may leave our writes unread (send buffer full) before it is dropped.",
+        minimum=0.1,
+        metavar="SECONDS",
+    )
+    timeout_request: float = option(
+        0.0,
+        "Per-request deadline in seconds (0 = off): 504 (or a close if the response started); "
+        "ASGI tasks are cancelled, WSGI threads are abandoned (logged).",
+        minimum=0,
+        metavar="SECONDS",
+    )
+    max_connections: int = option(
+        10000,
+        "Open connections per worker; connections beyond it are answered 503 and closed.",
+        minimum=1,
+        metavar="N",
+    )
+    max_pending_wsgi: int = option(
+        1000,
+        "Requests that may wait for a free WSGI thread; beyond it requests get 503.",
+        minimum=1,
+        metavar="N",
     )
     workers: int = option(
         1,

@@ -38,13 +38,22 @@ AccessLog = Callable[["Stream", int, int, float], None]
 class ServerContext:
     __slots__ = (
         "access_log",
+        "body_timeout",
         "config",
         "connections",
         "default_headers",
         "handler",
+        "header_timeout",
+        "keep_alive_timeout",
+        "limit_field_size",
+        "limit_fields",
+        "limit_line",
+        "max_body_size",
         "now",
         "requests",
+        "send_timeout",
         "shutting_down",
+        "timeout_request",
     )
 
     def __init__(self, config: Config, handler: Handler, access_log: AccessLog | None) -> None:
@@ -54,6 +63,16 @@ class ServerContext:
         self.connections: set[Connection] = set()
         self.shutting_down = False
         self.requests = 0  # served by this worker (for --max-requests)
+        # Limits copied out of the config: read on every request.
+        self.limit_line = config.limit_request_line
+        self.limit_fields = config.limit_request_fields
+        self.limit_field_size = config.limit_request_field_size
+        self.max_body_size = config.max_body_size
+        self.header_timeout = config.header_timeout
+        self.body_timeout = config.body_timeout
+        self.keep_alive_timeout = config.keep_alive_timeout
+        self.send_timeout = config.send_timeout
+        self.timeout_request = config.timeout_request
         self.now = time.monotonic()
         self.default_headers = b""
         self.refresh()

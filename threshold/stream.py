@@ -66,6 +66,8 @@ class Stream:
     head: RequestHead
     # Protocol extras for the ASGI scope ("extensions"), e.g. TLS details; None for none.
     extensions: dict[str, Any] | None = None
+    # Set by the interface: stops the app for --timeout-request (ASGI: Task.cancel).
+    cancel: Callable[[], object] | None
 
     # -- request body ---------------------------------------------------------
     async def receive_body(self) -> tuple[bytes, bool]:

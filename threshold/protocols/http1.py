@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import deque
 from http import HTTPStatus
 from time import perf_counter
@@ -30,6 +31,10 @@ WRITE_LOW_WATER = 64 * 1024
 
 NO_BODY_STATUS = frozenset({204, 304})
 
+# A response header block as we write it: token names, no CR/LF/NUL in values
+# (response splitting, uvicorn CVE-2020-7695).
+_HEADER_BLOCK = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+: [^\x00\r\n]*\r\n)*")
+
 
 def _status_line(status: int) -> bytes:
     try:
@@ -42,8 +47,11 @@ def _status_line(status: int) -> bytes:
 STATUS_LINES = {status.value: _status_line(status.value) for status in HTTPStatus}
 
 
-class HeadTooLarge(Exception):
-    def __init__(self, status: int) -> None:
+class RequestRejected(Exception):
+    """Raised inside a parser callback: stop parsing and answer ``status``."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
         self.status = status
 
 
@@ -67,8 +75,12 @@ class Http1Stream(Stream):
         "_http10",
         "_is_head",
         "_no_body",
+        "_received",
+        "_wait_since",
         "body_sent",
+        "cancel",
         "conn",
+        "deadline",
         "head",
         "keep_alive",
         "start_time",
@@ -104,12 +116,24 @@ class Http1Stream(Stream):
         self.status = 0
         self.body_sent = 0
         self.start_time = 0.0
+        self.deadline = 0.0  # --timeout-request, in ServerContext.now time
+        self.cancel = None
+        self._received = 0
+        self._wait_since = -1.0
 
     # -- request body (fed by the connection) ---------------------------------
 
     def _feed(self, data: bytes) -> None:
+        self._received += len(data)
+        max_body = self.conn.ctx.max_body_size
+        if max_body and self._received > max_body:
+            # Answered already (an unread body being discarded): just close (status 0).
+            raise RequestRejected(
+                0 if self._discard else 413, "request body larger than max_body_size"
+            )
         if self._discard:
             return
+        self._wait_since = -1.0
         self._body.append(data)
         self._body_size += len(data)
         waiter = self._body_waiter
@@ -154,6 +178,7 @@ class Http1Stream(Stream):
             self.conn._maybe_resume_reading()
             waiter = self.conn.loop.create_future()
             self._body_waiter = waiter
+            self._wait_since = self.conn.ctx.now
             await waiter
 
     async def wait_disconnect(self) -> None:
@@ -184,7 +209,6 @@ class Http1Stream(Stream):
         parts = [status_line, self.conn.ctx.default_headers]
         content_length: int | None = None
         chunked = False
-        n = 0
         for name, value in headers:
             lname = name.lower()
             if lname == b"content-length":
@@ -199,10 +223,10 @@ class Http1Stream(Stream):
                     raise ValueError(f"unsupported transfer-encoding {value!r}")
                 continue
             parts.append(name + b": " + value + b"\r\n")
-            n += 1
-        block = b"".join(parts[2:])
-        if block.count(b"\n") != n or block.count(b"\r") != n:
-            raise ValueError("response header names and values must not contain CR or LF")
+        if self._disconnected:
+            raise ClientDisconnected("client disconnected")
+        if _HEADER_BLOCK.fullmatch(b"".join(parts[2:])) is None:
+            raise ValueError("invalid response header name, or CR/LF/NUL in a value")
         self.status = status
         self._content_length = content_length
         self._chunked = chunked
@@ -250,6 +274,11 @@ class Http1Stream(Stream):
         else:
             out = []
         if data and not self._no_body:
+            limit = self._content_length
+            if limit is not None and self.body_sent + len(data) > limit:
+                logger.error("response body longer than its content-length; truncated")
+                data = data[: limit - self.body_sent]
+                self.keep_alive = False
             self.body_sent += len(data)
             if self._chunked:
                 out.append(b"%x\r\n" % len(data))
@@ -305,6 +334,9 @@ class Http1Stream(Stream):
         transport = self.conn.transport
         try:
             sent = await loop.sendfile(transport, file, offset, count)
+        except NotImplementedError:  # uvloop has no loop.sendfile()
+            await self._send_file_chunks(file, offset, count)
+            return
         except ClientDisconnected:
             raise
         except (ConnectionError, OSError) as exc:
@@ -369,18 +401,21 @@ class Http1Connection(asyncio.Protocol):
         "_active",
         "_client",
         "_closing",
+        "_content_length",
         "_current",
         "_drain_waiters",
         "_error_status",
         "_expect_100",
-        "_head_size",
+        "_head_started",
         "_headers",
+        "_hosts",
         "_idle_since",
         "_queue",
         "_reading_paused",
         "_server",
         "_url",
         "_write_paused",
+        "_write_paused_since",
         "ctx",
         "loop",
         "parser",
@@ -398,13 +433,16 @@ class Http1Connection(asyncio.Protocol):
         self._server: tuple[str, int | None] | None = None
         self._url = b""
         self._headers: Headers = []
-        self._head_size = 0
+        self._hosts = 0
+        self._content_length: bytes | None = None
+        self._head_started = -1.0
         self._expect_100 = False
         self._current: Http1Stream | None = None  # being parsed
         self._active: Http1Stream | None = None  # being served by the app
         self._queue: deque[Http1Stream] | None = None  # pipelined, waiting
         self._reading_paused = False
         self._write_paused = False
+        self._write_paused_since = 0.0
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._closing = False
         self._error_status = 0
@@ -419,10 +457,14 @@ class Http1Connection(asyncio.Protocol):
         self._server = _address(transport.get_extra_info("sockname"))
         if transport.get_extra_info("sslcontext") is not None:
             self.scheme = "https"
-        self.ctx.connections.add(self)
-        if self.ctx.shutting_down:
+        ctx = self.ctx
+        if len(ctx.connections) >= ctx.config.max_connections or ctx.shutting_down:
+            # Over --max-connections (or stopping): say so instead of leaving it hanging.
             self._closing = True
-            transport.close()
+            self._write_error(503)
+            self.transport.close()
+            return
+        ctx.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.ctx.connections.discard(self)
@@ -450,12 +492,17 @@ class Http1Connection(asyncio.Protocol):
                 self._queue[-1].keep_alive = False
             self._pause_reading()
         except httptools.HttpParserError as exc:
-            status = self._error_status or 400
-            logger.debug("bad request from %s: %s", self._client, exc)
+            cause = exc.__context__
+            if isinstance(cause, RequestRejected):
+                status, reason = cause.status, str(cause)
+            else:
+                status, reason = 400, str(exc)
+            logger.debug("rejected request from %s: %d %s", self._client, status, reason)
             self._protocol_error(status)
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        self._write_paused_since = self.ctx.now
 
     def resume_writing(self) -> None:
         self._write_paused = False
@@ -474,29 +521,49 @@ class Http1Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
-        self._head_size = 0
+        self._hosts = 0
+        self._content_length = None
         self._expect_100 = False
         self._idle_since = -1.0
+        self._head_started = self.ctx.now
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._head_size += len(url)
-        if self._head_size > self.ctx.config.limit_request_head:
-            self._error_status = 414
-            raise HeadTooLarge(414)
+        if len(self._url) > self.ctx.limit_line:
+            raise RequestRejected(414, "request target longer than limit_request_line")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        ctx = self.ctx
         name = name.lower()
-        self._headers.append((name, value))
-        self._head_size += len(name) + len(value) + 4
-        if self._head_size > self.ctx.config.limit_request_head:
-            self._error_status = 431
-            raise HeadTooLarge(431)
-        if name == b"expect" and value.lower() == b"100-continue":
+        headers = self._headers
+        headers.append((name, value))
+        if len(headers) > ctx.limit_fields:
+            raise RequestRejected(431, "more header fields than limit_request_fields")
+        if len(name) + len(value) > ctx.limit_field_size:
+            raise RequestRejected(431, "header field larger than limit_request_field_size")
+        if name == b"host":
+            self._hosts += 1
+        elif name == b"content-length":
+            self._content_length = value
+        elif name == b"expect" and value.lower() == b"100-continue":
             self._expect_100 = True
 
     def on_headers_complete(self) -> None:
         parser = self.parser
+        self._head_started = -1.0
+        version = parser.get_http_version()
+        if version != "1.1":
+            if version != "1.0":
+                raise RequestRejected(505, f"HTTP version {version} not supported")
+            if self._hosts > 1:
+                raise RequestRejected(400, "more than one Host header")
+        elif self._hosts != 1:
+            # RFC 9112 section 3.2: exactly one Host in HTTP/1.1.
+            raise RequestRejected(400, "HTTP/1.1 request without exactly one Host header")
+        max_body = self.ctx.max_body_size
+        length = self._content_length
+        if length is not None and max_body and int(length) > max_body:
+            raise RequestRejected(413, "Content-Length larger than max_body_size")
         url = self._url
         if url[:1] == b"/":
             path, _, query = url.partition(b"?")
@@ -510,7 +577,7 @@ class Http1Connection(asyncio.Protocol):
             parser.get_method().decode("ascii"),
             path,
             query,
-            parser.get_http_version(),
+            version,
             self._headers,
             self.scheme,
             self._client,
@@ -542,11 +609,14 @@ class Http1Connection(asyncio.Protocol):
     # -- request lifecycle --------------------------------------------------------
 
     def _start(self, stream: Http1Stream) -> None:
+        ctx = self.ctx
         self._active = stream
-        self.ctx.requests += 1
-        if self.ctx.access_log is not None:
+        ctx.requests += 1
+        if ctx.access_log is not None:
             stream.start_time = perf_counter()
-        self.ctx.handler(stream)
+        if ctx.timeout_request:
+            stream.deadline = ctx.now + ctx.timeout_request
+        ctx.handler(stream)
 
     def _response_complete(self, stream: Http1Stream) -> None:
         ctx = self.ctx
@@ -582,6 +652,9 @@ class Http1Connection(asyncio.Protocol):
 
     def _protocol_error(self, status: int) -> None:
         """The parser rejected the input: answer after any in-flight response, then close."""
+        if status == 0:
+            self._close()
+            return
         self._error_status = status
         stream = self._current
         self._current = None
@@ -600,6 +673,11 @@ class Http1Connection(asyncio.Protocol):
     def _send_protocol_error(self, status: int) -> None:
         if self.transport.is_closing():
             return
+        self._write_error(status)
+        self._close()
+
+    def _write_error(self, status: int) -> None:
+        """A complete plain-text error response with ``connection: close``."""
         body = f"{status} {HTTPStatus(status).phrase}\n".encode()
         self.transport.write(
             b"".join(
@@ -613,7 +691,6 @@ class Http1Connection(asyncio.Protocol):
                 )
             )
         )
-        self._close()
 
     def _pause_reading(self) -> None:
         if not self._reading_paused and not self._closing:
@@ -642,9 +719,51 @@ class Http1Connection(asyncio.Protocol):
             self._close()
 
     def on_tick(self, now: float) -> None:
+        """Once a second: every timeout of this connection (coarse by design: one timer
+        for all connections, no handle per connection)."""
+        ctx = self.ctx
+        if self._closing:
+            return
         idle_since = self._idle_since
-        if idle_since >= 0 and now - idle_since > self.ctx.config.keep_alive_timeout:
+        if idle_since >= 0:
+            if now - idle_since > ctx.keep_alive_timeout:
+                self._close()  # RFC 9112 section 9.6: a silent close between requests
+            return
+        if self._head_started >= 0 and now - self._head_started > ctx.header_timeout:
+            logger.debug("request head from %s too slow; 408", self._client)
+            if self._active is None:
+                self._send_protocol_error(408)
+            else:
+                self._close()
+            return
+        if self._write_paused and now - self._write_paused_since > ctx.send_timeout:
+            logger.debug("client %s stopped reading; dropped", self._client)
+            self.abort()
+            return
+        stream = self._active
+        if stream is None:
+            return
+        if stream._wait_since >= 0 and now - stream._wait_since > ctx.body_timeout:
+            logger.debug("request body from %s stalled; closing", self._client)
+            stream._lost()
             self._close()
+        elif stream.deadline and now > stream.deadline:
+            self._request_timed_out(stream)
+
+    def _request_timed_out(self, stream: Http1Stream) -> None:
+        head = stream.head
+        logger.error(
+            "Request %s %s exceeded timeout_request (%gs); %s",
+            head.method,
+            head.raw_path.decode("latin-1"),
+            self.ctx.timeout_request,
+            "cancelling it" if stream.cancel is not None else "abandoning its thread",
+        )
+        if not stream.send_error(504):
+            stream.abort()
+        stream._lost()
+        if stream.cancel is not None:
+            stream.cancel()
 
     def abort(self) -> None:
         self._closing = True
