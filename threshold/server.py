@@ -107,7 +107,9 @@ class Server:
         wsgi: WsgiHandler | None = None
         if interface == "wsgi":
             multiprocess = hooks is not None and hooks.multiprocess
-            wsgi = WsgiHandler(app, loop, config.threads, config.root_path, multiprocess)
+            wsgi = WsgiHandler(
+                app, loop, config.threads, config.root_path, multiprocess, config.max_pending_wsgi
+            )
             handler: Any = wsgi
         else:
             if config.lifespan != "off":

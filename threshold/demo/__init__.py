@@ -87,7 +87,7 @@ def _jsonable(scope: dict[str, Any]) -> dict[str, Any]:
 def _docs_html(root: str) -> str:
     if not IN_CHECKOUT:
         return "<p>See README.md and docs/ in Threshold's source repository.</p>"
-    items = "".join(
+    items = "\n".join(
         f'<li><a href="{root}/docs/{html.escape(name)}">{html.escape(name)}</a></li>'
         for name, path in DOC_FILES.items()
         if path.is_file()
@@ -100,7 +100,8 @@ def render_page(scope: dict[str, Any]) -> bytes:
     interface = f"ASGI {asgi['version']} (HTTP spec {asgi.get('spec_version', '2.0')})"
     root = html.escape(scope.get("root_path", ""))
     rows = "".join(
-        f"<tr><th>{html.escape(key)}</th><td>{html.escape(json.dumps(value))}</td></tr>"
+        f'<tr><th>{html.escape(key)}</th><td id="scope-{html.escape(key)}">'
+        f"{html.escape(json.dumps(value))}</td></tr>"
         for key, value in _jsonable(scope).items()
     )
     return PAGE.format(

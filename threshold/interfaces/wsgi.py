@@ -256,8 +256,10 @@ class WsgiHandler:
         threads: int,
         root_path: str,
         multiprocess: bool = False,
+        max_pending: int = 1000,
     ) -> None:
         self.app = app
+        self.max_pending = max_pending
         self.loop = loop
         self.root_path = root_path
         self._jobs: queue.SimpleQueue[Stream | None] = queue.SimpleQueue()
@@ -279,6 +281,10 @@ class WsgiHandler:
             thread.start()
 
     def __call__(self, stream: Stream) -> None:
+        if self._jobs.qsize() >= self.max_pending:
+            logger.warning("WSGI queue full (max_pending_wsgi=%d); 503", self.max_pending)
+            stream.send_error(503)
+            return
         self._jobs.put(stream)
 
     def close(self, timeout: float) -> None:

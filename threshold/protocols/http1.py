@@ -47,6 +47,29 @@ def _status_line(status: int) -> bytes:
 STATUS_LINES = {status.value: _status_line(status.value) for status in HTTPStatus}
 
 
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_METHOD_SP = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [^ ]")
+
+
+def check_request_line(data: bytes) -> bool | None:
+    """Whether the request line at the start of ``data`` has single spaces (RFC 9112
+    section 3): True, False, or None while its end has not arrived yet.
+
+    llhttp accepts "GET  / HTTP/1.1", which a proxy in front may read otherwise.
+    """
+    start = 0
+    while data.startswith(b"\r\n", start):
+        start += 2  # empty lines before a request are allowed (RFC 9112 section 2.2)
+    end = data.find(b"\r\n", start, start + 16384)
+    if end < 0:
+        line = data[start:]
+        if b"  " in line or line[:1] == b" ":
+            return False
+        return None
+    line = data[start:end]
+    return line.count(b" ") == 2 and _METHOD_SP.match(line) is not None
+
+
 class RequestRejected(Exception):
     """Raised inside a parser callback: stop parsing and answer ``status``."""
 
@@ -64,6 +87,7 @@ class Http1Stream(Stream):
         "_body_size",
         "_body_waiter",
         "_chunked",
+        "_chunks",
         "_content_length",
         "_discard",
         "_disconnect_waiter",
@@ -75,6 +99,7 @@ class Http1Stream(Stream):
         "_http10",
         "_is_head",
         "_no_body",
+        "_overhead",
         "_received",
         "_wait_since",
         "body_sent",
@@ -119,6 +144,8 @@ class Http1Stream(Stream):
         self.deadline = 0.0  # --timeout-request, in ServerContext.now time
         self.cancel = None
         self._received = 0
+        self._chunks = 0  # chunk headers seen (chunked request bodies)
+        self._overhead = 0  # framing + extension bytes of a chunked body
         self._wait_since = -1.0
 
     # -- request body (fed by the connection) ---------------------------------
@@ -410,9 +437,11 @@ class Http1Connection(asyncio.Protocol):
         "_headers",
         "_hosts",
         "_idle_since",
+        "_line",
         "_queue",
         "_reading_paused",
         "_server",
+        "_transfer_encoding",
         "_url",
         "_write_paused",
         "_write_paused_since",
@@ -435,6 +464,8 @@ class Http1Connection(asyncio.Protocol):
         self._headers: Headers = []
         self._hosts = 0
         self._content_length: bytes | None = None
+        self._transfer_encoding: bytes | None = None
+        self._line: bytes | None = None  # a request line still arriving (see data_received)
         self._head_started = -1.0
         self._expect_100 = False
         self._current: Http1Stream | None = None  # being parsed
@@ -480,8 +511,32 @@ class Http1Connection(asyncio.Protocol):
         self.parser = None  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        current = self._current
         try:
-            self.parser.feed_data(data)
+            if current is None:
+                line = self._line
+                if line is not None or self._head_started < 0:
+                    # The first request of this read starts at data[0]: check its line.
+                    line = data if line is None else line + data
+                    ok = check_request_line(line)
+                    if ok is False:
+                        raise RequestRejected(400, "malformed request line")
+                    self._line = line if ok is None else None
+                self.parser.feed_data(data)
+            elif current._chunks:
+                # Inside a chunked body: bytes that are neither chunk data nor framing are
+                # chunk extensions, which llhttp skips; bound them (CVE-2024-22019 class).
+                before = current._received
+                self.parser.feed_data(data)
+                if self._current is current:
+                    current._overhead += len(data) - (current._received - before)
+                    if current._overhead > current._chunks * 24 + self.ctx.limit_field_size:
+                        raise RequestRejected(400, "chunk extensions too large")
+            else:
+                self.parser.feed_data(data)
+        except RequestRejected as exc:
+            logger.debug("rejected request from %s: %d %s", self._client, exc.status, exc)
+            self._protocol_error(exc.status)
         except httptools.HttpParserUpgrade:
             # Upgrades (WebSocket, h2c) are not served yet: answer the request
             # as plain HTTP and read nothing more from this connection.
@@ -523,6 +578,7 @@ class Http1Connection(asyncio.Protocol):
         self._headers = []
         self._hosts = 0
         self._content_length = None
+        self._transfer_encoding = None
         self._expect_100 = False
         self._idle_since = -1.0
         self._head_started = self.ctx.now
@@ -545,6 +601,8 @@ class Http1Connection(asyncio.Protocol):
             self._hosts += 1
         elif name == b"content-length":
             self._content_length = value
+        elif name == b"transfer-encoding":
+            self._transfer_encoding = value
         elif name == b"expect" and value.lower() == b"100-continue":
             self._expect_100 = True
 
@@ -557,9 +615,20 @@ class Http1Connection(asyncio.Protocol):
                 raise RequestRejected(505, f"HTTP version {version} not supported")
             if self._hosts > 1:
                 raise RequestRejected(400, "more than one Host header")
+            if self._transfer_encoding is not None:
+                # RFC 9112 section 6.1: Transfer-Encoding in HTTP/1.0 means faulty framing.
+                raise RequestRejected(400, "Transfer-Encoding in an HTTP/1.0 request")
         elif self._hosts != 1:
             # RFC 9112 section 3.2: exactly one Host in HTTP/1.1.
             raise RequestRejected(400, "HTTP/1.1 request without exactly one Host header")
+        coding = self._transfer_encoding
+        if coding is not None and coding.strip().lower() != b"chunked":
+            # Only "chunked", alone, is served (llhttp lets ", chunked" and
+            # "gzip, chunked" through): 501 for codings we lack, 400 for the malformed.
+            codings = [part.strip() for part in coding.split(b",")]
+            if all(_TOKEN.fullmatch(part) for part in codings):
+                raise RequestRejected(501, "unsupported transfer coding")
+            raise RequestRejected(400, "malformed Transfer-Encoding")
         max_body = self.ctx.max_body_size
         length = self._content_length
         if length is not None and max_body and int(length) > max_body:
@@ -592,6 +661,11 @@ class Http1Connection(asyncio.Protocol):
                 self._queue = deque()
             self._queue.append(stream)
             self._pause_reading()
+
+    def on_chunk_header(self) -> None:
+        stream = self._current
+        if stream is not None:
+            stream._chunks += 1
 
     def on_body(self, body: bytes) -> None:
         stream = self._current
