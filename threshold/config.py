@@ -182,6 +182,39 @@ class Config:
         minimum=1,
         metavar="N",
     )
+    ws_max_message_size: int = option(
+        16 * 1024 * 1024,
+        "Largest WebSocket message in bytes, after decompression; larger ones close with 1009.",
+        minimum=1,
+        metavar="BYTES",
+    )
+    ws_max_queue: int = option(
+        32,
+        "WebSocket messages received but not yet read by the app before reading pauses.",
+        minimum=1,
+        metavar="N",
+    )
+    ws_ping_interval: float = option(
+        20.0,
+        "Seconds of WebSocket silence before the server pings the client (0 = never).",
+        minimum=0,
+        metavar="SECONDS",
+    )
+    ws_ping_timeout: float = option(
+        20.0,
+        "Seconds to wait for the pong before a WebSocket peer is dropped as dead.",
+        minimum=0.1,
+        metavar="SECONDS",
+    )
+    ws_close_timeout: float = option(
+        10.0,
+        "Seconds to wait for the peer's close frame after the server sent one.",
+        minimum=0.1,
+        metavar="SECONDS",
+    )
+    ws_per_message_deflate: bool = option(
+        True, "Offer WebSocket compression (permessage-deflate, RFC 7692)."
+    )
     workers: int = option(
         1,
         "Number of worker processes; 0 means one per CPU. More than 1 (or --reload, "

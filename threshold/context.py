@@ -12,7 +12,7 @@ from email.utils import formatdate
 from typing import TYPE_CHECKING, Protocol
 
 from threshold.config import Config
-from threshold.stream import Handler
+from threshold.stream import Handler, WebSocketHandler
 
 if TYPE_CHECKING:
     from threshold.stream import Stream
@@ -54,11 +54,19 @@ class ServerContext:
         "send_timeout",
         "shutting_down",
         "timeout_request",
+        "ws_handler",
     )
 
-    def __init__(self, config: Config, handler: Handler, access_log: AccessLog | None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        handler: Handler,
+        access_log: AccessLog | None,
+        ws_handler: WebSocketHandler | None = None,
+    ) -> None:
         self.config = config
         self.handler = handler
+        self.ws_handler = ws_handler
         self.access_log = access_log
         self.connections: set[Connection] = set()
         self.shutting_down = False

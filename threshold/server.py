@@ -125,7 +125,8 @@ class Server:
             handler = AsgiHandler(app, loop, config.root_path, state)
 
         access_log = AccessLog() if config.access_log else None
-        ctx = ServerContext(config, handler, access_log)
+        ws_handler = handler.websocket if isinstance(handler, AsgiHandler) else None
+        ctx = ServerContext(config, handler, access_log, ws_handler)
         servers: list[asyncio.AbstractServer] = []
         try:
             try:

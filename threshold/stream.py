@@ -14,13 +14,30 @@ import asyncio
 from collections.abc import Callable
 from typing import IO, Any
 
-__all__ = ["ClientDisconnected", "Handler", "RequestHead", "Stream"]
+__all__ = [
+    "ClientDisconnected",
+    "Handler",
+    "RequestHead",
+    "Stream",
+    "WebSocketClosed",
+    "WebSocketHandler",
+    "WebSocketStream",
+]
 
 Headers = list[tuple[bytes, bytes]]
 
 
 class ClientDisconnected(OSError):
     """The client went away; raised by sends and body reads on a closed stream."""
+
+
+class WebSocketClosed(ClientDisconnected):
+    """The WebSocket is closed; ``code`` and ``reason`` as the peer sent them (1006: none)."""
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        super().__init__(f"WebSocket closed with code {code}")
+        self.code = code
+        self.reason = reason
 
 
 class RequestHead:
@@ -61,7 +78,7 @@ class RequestHead:
 class Stream:
     """One request/response exchange. Protocols subclass this; interfaces call it."""
 
-    __slots__ = ()
+    __slots__ = ("cancel",)
 
     head: RequestHead
     # Protocol extras for the ASGI scope ("extensions"), e.g. TLS details; None for none.
@@ -129,5 +146,39 @@ class Stream:
         raise NotImplementedError
 
 
+class WebSocketStream:
+    """One WebSocket (RFC 6455), before and after its handshake. Protocols subclass this."""
+
+    __slots__ = ()
+
+    head: RequestHead
+    subprotocols: list[str]  # offered by the client, in order
+    # For an HTTP answer instead of the handshake (ASGI websocket.http.response).
+    http: Stream
+    extensions: dict[str, Any] | None = None
+
+    async def accept(self, subprotocol: str | None, headers: Headers) -> None:
+        """Complete the handshake (101) with the app's subprotocol and extra headers."""
+        raise NotImplementedError
+
+    async def receive(self) -> str | bytes:
+        """The next whole message; raises WebSocketClosed when the socket is closed."""
+        raise NotImplementedError
+
+    async def send(self, data: str | bytes) -> None:
+        """Send a message (waits while the client is slow); ClientDisconnected if closed."""
+        raise NotImplementedError
+
+    async def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+
 Handler = Callable[[Stream], None]
 """What an interface gives a protocol: called once per request on the loop thread."""
+
+WebSocketHandler = Callable[[WebSocketStream], None]
+"""Called once per WebSocket handshake request; None when the app cannot serve them."""

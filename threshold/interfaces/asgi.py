@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import unquote
 
-from threshold.stream import ClientDisconnected, Stream
+from threshold.stream import ClientDisconnected, Stream, WebSocketClosed, WebSocketStream
 
 logger = logging.getLogger("threshold.error")
 
@@ -20,6 +20,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 ASGI_VERSION = "3.0"
 HTTP_SPEC_VERSION = "2.4"
+WEBSOCKET_SPEC_VERSION = "2.4"
 REQUEST_TASK_NAME = "threshold-request"  # how the server finds request tasks at shutdown
 
 
@@ -28,6 +29,35 @@ def decode_path(raw_path: bytes) -> str:
     if b"%" in raw_path:
         return unquote(raw_path.decode("ascii"))
     return raw_path.decode("ascii")
+
+
+def build_websocket_scope(
+    ws: WebSocketStream, root_path: str, state: dict[str, Any] | None
+) -> Scope:
+    head = ws.head
+    path = decode_path(head.raw_path)
+    raw_path = head.raw_path
+    if root_path and not path.startswith(root_path):
+        path = root_path + path
+        raw_path = root_path.encode() + raw_path
+    scope: Scope = {
+        "type": "websocket",
+        "asgi": {"version": ASGI_VERSION, "spec_version": WEBSOCKET_SPEC_VERSION},
+        "http_version": head.http_version,
+        "server": head.server,
+        "client": head.client,
+        "scheme": "wss" if head.scheme == "https" else "ws",
+        "root_path": root_path,
+        "path": path,
+        "raw_path": raw_path,
+        "query_string": head.query_string,
+        "headers": head.headers,
+        "subprotocols": ws.subprotocols,
+        "extensions": {"websocket.http.response": {}, **(ws.extensions or {})},
+    }
+    if state is not None:
+        scope["state"] = state.copy()
+    return scope
 
 
 def build_http_scope(stream: Stream, root_path: str, state: dict[str, Any] | None) -> Scope:
@@ -149,6 +179,119 @@ class AsgiHttpCycle:
             raise RuntimeError(f"ASGI: unexpected message type {kind!r} for an HTTP request")
 
 
+_CONNECTING, _ACCEPTED, _CLOSED, _HTTP_RESPONSE = range(4)
+
+
+class AsgiWebSocketCycle:
+    """One WebSocket handed to an ASGI 3 app (ASGI WebSocket spec, with the denial response)."""
+
+    __slots__ = ("_connect_sent", "_state", "ws")
+
+    def __init__(self, ws: WebSocketStream) -> None:
+        self.ws = ws
+        self._state = _CONNECTING
+        self._connect_sent = False
+
+    async def run(self, app: ASGIApp, scope: Scope) -> None:
+        ws = self.ws
+        try:
+            await app(scope, self.receive, self.send)
+        except ClientDisconnected:
+            logger.debug("WebSocket client went away during %s", scope["path"])
+            return
+        except asyncio.CancelledError:
+            ws.abort()
+            raise
+        except BaseException as exc:
+            logger.error(
+                "Exception in ASGI application (WebSocket %s)", scope["path"], exc_info=exc
+            )
+            await self._fail()
+            if not isinstance(exc, Exception):
+                raise
+            return
+        if self._state == _CONNECTING:
+            logger.error("ASGI application returned without accepting or closing the WebSocket")
+            await self._fail()
+        elif self._state == _ACCEPTED:
+            await ws.close(1000, "")
+        elif self._state == _HTTP_RESPONSE and not ws.http.disconnected:
+            ws.http.abort()  # the denial response was left unfinished
+
+    async def _fail(self) -> None:
+        ws = self.ws
+        if self._state == _CONNECTING:
+            if not ws.http.send_error(500):
+                ws.http.abort()
+        elif self._state == _ACCEPTED:
+            self._state = _CLOSED
+            await ws.close(1011, "")
+        elif self._state == _HTTP_RESPONSE:
+            ws.http.abort()
+
+    async def receive(self) -> Message:
+        if not self._connect_sent:
+            self._connect_sent = True
+            return {"type": "websocket.connect"}
+        try:
+            data = await self.ws.receive()
+        except WebSocketClosed as closed:
+            self._state = _CLOSED
+            return {"type": "websocket.disconnect", "code": closed.code, "reason": closed.reason}
+        if type(data) is str:
+            return {"type": "websocket.receive", "text": data}
+        return {"type": "websocket.receive", "bytes": data}
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        ws = self.ws
+        state = self._state
+        if kind == "websocket.send":
+            if state != _ACCEPTED:
+                if state == _CLOSED:
+                    raise ClientDisconnected("ASGI: websocket.send after the WebSocket closed")
+                raise RuntimeError("ASGI: websocket.send before websocket.accept")
+            data = message.get("bytes")
+            if data is None:
+                data = message.get("text")
+                if data is None:
+                    raise RuntimeError("ASGI: websocket.send needs 'bytes' or 'text'")
+            await ws.send(data)
+        elif kind == "websocket.accept":
+            if state != _CONNECTING:
+                raise RuntimeError("ASGI: websocket.accept sent twice or too late")
+            headers = [(bytes(n).lower(), bytes(v)) for n, v in message.get("headers") or ()]
+            await ws.accept(message.get("subprotocol"), headers)
+            self._state = _ACCEPTED
+        elif kind == "websocket.close":
+            if state == _CONNECTING:
+                # Closed before accept: the handshake is refused with 403 (ASGI spec).
+                self._state = _CLOSED
+                if not ws.http.send_error(403):
+                    ws.http.abort()
+            elif state == _ACCEPTED:
+                self._state = _CLOSED
+                await ws.close(message.get("code", 1000), message.get("reason") or "")
+            elif state == _HTTP_RESPONSE:
+                raise RuntimeError("ASGI: websocket.close during a denial response")
+        elif kind == "websocket.http.response.start":
+            if state != _CONNECTING:
+                raise RuntimeError("ASGI: websocket.http.response.start after the handshake")
+            ws.http.send_head(message["status"], message.get("headers", ()))
+            self._state = _HTTP_RESPONSE
+        elif kind == "websocket.http.response.body":
+            if state != _HTTP_RESPONSE:
+                raise RuntimeError("ASGI: websocket.http.response.body before its start")
+            more = message.get("more_body", False)
+            ws.http.send_body(message.get("body", b""), more)
+            if not more:
+                self._state = _CLOSED
+            elif ws.http.write_paused:
+                await ws.http.drain()
+        else:
+            raise RuntimeError(f"ASGI: unexpected message type {kind!r} for a WebSocket")
+
+
 class AsgiHandler:
     """The Handler the server gives protocols: one task per request."""
 
@@ -169,4 +312,11 @@ class AsgiHandler:
     def __call__(self, stream: Stream) -> None:
         scope = build_http_scope(stream, self.root_path, self.state)
         # The loop holds running tasks; the server cancels leftovers at shutdown by name.
-        self.loop.create_task(AsgiHttpCycle(stream).run(self.app, scope), name=REQUEST_TASK_NAME)
+        task = self.loop.create_task(
+            AsgiHttpCycle(stream).run(self.app, scope), name=REQUEST_TASK_NAME
+        )
+        stream.cancel = task.cancel
+
+    def websocket(self, ws: WebSocketStream) -> None:
+        scope = build_websocket_scope(ws, self.root_path, self.state)
+        self.loop.create_task(AsgiWebSocketCycle(ws).run(self.app, scope), name=REQUEST_TASK_NAME)

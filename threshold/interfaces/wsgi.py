@@ -172,12 +172,8 @@ class WsgiResponse:
             raise RuntimeError("WSGI: body written before start_response")
         if not data:
             return
-        if not self._sent and self._pending is None:
-            self._pending = data
-            return
-        if self._pending is not None:
-            data = self._pending + data
-            self._pending = None
+        # PEP 3333: a block must not wait for the next one (an app may yield, then
+        # block), so even the first is sent at once rather than held for framing.
         self._wait_inflight()
         headers = None if self._sent else self._headers
         self._sent = True

@@ -19,6 +19,7 @@ from typing import IO, Any
 import httptools
 
 from threshold.context import ServerContext
+from threshold.protocols.websocket import WebSocketSession, handshake_error
 from threshold.stream import ClientDisconnected, Headers, RequestHead, Stream
 
 logger = logging.getLogger("threshold.error")
@@ -73,9 +74,10 @@ def check_request_line(data: bytes) -> bool | None:
 class RequestRejected(Exception):
     """Raised inside a parser callback: stop parsing and answer ``status``."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, headers: Headers | None = None) -> None:
         super().__init__(reason)
         self.status = status
+        self.headers = headers or []
 
 
 class Http1Stream(Stream):
@@ -103,7 +105,6 @@ class Http1Stream(Stream):
         "_received",
         "_wait_since",
         "body_sent",
-        "cancel",
         "conn",
         "deadline",
         "head",
@@ -252,7 +253,9 @@ class Http1Stream(Stream):
             parts.append(name + b": " + value + b"\r\n")
         if self._disconnected:
             raise ClientDisconnected("client disconnected")
-        if _HEADER_BLOCK.fullmatch(b"".join(parts[2:])) is None:
+        block = b"".join(parts[2:])
+        # One line per header: "a\r\nset-cookie: x" would match the pattern as two lines.
+        if _HEADER_BLOCK.fullmatch(block) is None or block.count(b"\n") != len(parts) - 2:
             raise ValueError("invalid response header name, or CR/LF/NUL in a value")
         self.status = status
         self._content_length = content_length
@@ -431,6 +434,8 @@ class Http1Connection(asyncio.Protocol):
         "_content_length",
         "_current",
         "_drain_waiters",
+        "_error_detail",
+        "_error_headers",
         "_error_status",
         "_expect_100",
         "_head_started",
@@ -442,9 +447,11 @@ class Http1Connection(asyncio.Protocol):
         "_reading_paused",
         "_server",
         "_transfer_encoding",
+        "_upgrade",
         "_url",
         "_write_paused",
         "_write_paused_since",
+        "_ws",
         "ctx",
         "loop",
         "parser",
@@ -477,6 +484,10 @@ class Http1Connection(asyncio.Protocol):
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._closing = False
         self._error_status = 0
+        self._error_detail = ""
+        self._error_headers: Headers = []
+        self._upgrade: bytes | None = None
+        self._ws: WebSocketSession | None = None
         self._idle_since = ctx.now
 
     # -- asyncio.Protocol -----------------------------------------------------
@@ -499,6 +510,8 @@ class Http1Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.ctx.connections.discard(self)
+        if self._ws is not None and not self._ws.accepted:
+            self._ws.connection_lost(exc)
         self._closing = True
         for stream in (self._active, self._current):
             if stream is not None:
@@ -536,8 +549,13 @@ class Http1Connection(asyncio.Protocol):
                 self.parser.feed_data(data)
         except RequestRejected as exc:
             logger.debug("rejected request from %s: %d %s", self._client, exc.status, exc)
-            self._protocol_error(exc.status)
-        except httptools.HttpParserUpgrade:
+            self._protocol_error(exc.status, str(exc), exc.headers)
+        except httptools.HttpParserUpgrade as exc:
+            ws = self._ws
+            if ws is not None:
+                ws.early_data(data[exc.args[0] :])
+                self._pause_reading()
+                return
             # Upgrades (WebSocket, h2c) are not served yet: answer the request
             # as plain HTTP and read nothing more from this connection.
             stream = self._current or self._active
@@ -549,11 +567,11 @@ class Http1Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             cause = exc.__context__
             if isinstance(cause, RequestRejected):
-                status, reason = cause.status, str(cause)
+                logger.debug("rejected request from %s: %d %s", self._client, cause.status, cause)
+                self._protocol_error(cause.status, str(cause), cause.headers)
             else:
-                status, reason = 400, str(exc)
-            logger.debug("rejected request from %s: %d %s", self._client, status, reason)
-            self._protocol_error(status)
+                logger.debug("bad request from %s: %s", self._client, exc)
+                self._protocol_error(400, "")
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -579,6 +597,7 @@ class Http1Connection(asyncio.Protocol):
         self._hosts = 0
         self._content_length = None
         self._transfer_encoding = None
+        self._upgrade = None
         self._expect_100 = False
         self._idle_since = -1.0
         self._head_started = self.ctx.now
@@ -603,6 +622,8 @@ class Http1Connection(asyncio.Protocol):
             self._content_length = value
         elif name == b"transfer-encoding":
             self._transfer_encoding = value
+        elif name == b"upgrade":
+            self._upgrade = value
         elif name == b"expect" and value.lower() == b"100-continue":
             self._expect_100 = True
 
@@ -652,6 +673,10 @@ class Http1Connection(asyncio.Protocol):
             self._client,
             self._server,
         )
+        upgrade = self._upgrade
+        if upgrade is not None and upgrade.lower() == b"websocket" and parser.should_upgrade():
+            self._websocket(head)
+            return
         stream = Http1Stream(self, head, parser.should_keep_alive(), self._expect_100)
         self._current = stream
         if self._active is None:
@@ -661,6 +686,36 @@ class Http1Connection(asyncio.Protocol):
                 self._queue = deque()
             self._queue.append(stream)
             self._pause_reading()
+
+    def _websocket(self, head: RequestHead) -> None:
+        """An Upgrade: websocket request: the app decides (ASGI) via a WebSocketSession."""
+        ctx = self.ctx
+        if ctx.ws_handler is None:
+            raise RequestRejected(400, "this application does not serve WebSocket (WSGI)")
+        if self._active is not None or self._queue:
+            raise RequestRejected(400, "WebSocket handshake pipelined behind another request")
+        error = handshake_error(head)
+        if error is not None:
+            raise RequestRejected(error[0], error[2], error[1])
+        stream = Http1Stream(self, head, False, False)
+        self._current = stream
+        self._active = stream
+        ws = WebSocketSession(self, stream)
+        self._ws = ws
+        ctx.ws_handler(ws)
+
+    def upgrade_to(self, session: WebSocketSession) -> None:
+        """The handshake is done: the session owns the transport from here on."""
+        ctx = self.ctx
+        ctx.connections.discard(self)
+        ctx.connections.add(session)
+        self._active = None
+        self._current = None
+        self._closing = True
+        self.transport.set_protocol(session)
+        if self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()
 
     def on_chunk_header(self) -> None:
         stream = self._current
@@ -724,12 +779,14 @@ class Http1Connection(asyncio.Protocol):
         self._active = None
         self._close()
 
-    def _protocol_error(self, status: int) -> None:
+    def _protocol_error(self, status: int, detail: str, headers: Headers | None = None) -> None:
         """The parser rejected the input: answer after any in-flight response, then close."""
         if status == 0:
             self._close()
             return
         self._error_status = status
+        self._error_detail = detail
+        self._error_headers = headers or []
         stream = self._current
         self._current = None
         self._pause_reading()
@@ -747,17 +804,20 @@ class Http1Connection(asyncio.Protocol):
     def _send_protocol_error(self, status: int) -> None:
         if self.transport.is_closing():
             return
-        self._write_error(status)
+        self._write_error(status, self._error_detail, self._error_headers)
         self._close()
 
-    def _write_error(self, status: int) -> None:
+    def _write_error(self, status: int, detail: str = "", headers: Headers | None = None) -> None:
         """A complete plain-text error response with ``connection: close``."""
-        body = f"{status} {HTTPStatus(status).phrase}\n".encode()
+        text = f"{status} {HTTPStatus(status).phrase}"
+        body = (f"{text}: {detail}\n" if detail else f"{text}\n").encode()
+        extra = b"".join(name + b": " + value + b"\r\n" for name, value in headers or ())
         self.transport.write(
             b"".join(
                 (
                     STATUS_LINES[status],
                     self.ctx.default_headers,
+                    extra,
                     b"content-type: text/plain; charset=utf-8\r\n",
                     b"content-length: %d\r\n" % len(body),
                     b"connection: close\r\n\r\n",
@@ -800,7 +860,9 @@ class Http1Connection(asyncio.Protocol):
             return
         idle_since = self._idle_since
         if idle_since >= 0:
-            if now - idle_since > ctx.keep_alive_timeout:
+            # idle_since is ctx.now, up to a tick older than the moment the connection
+            # went idle: allow that tick, or a connection may close right after a response.
+            if now - idle_since > ctx.keep_alive_timeout + 1.0:
                 self._close()  # RFC 9112 section 9.6: a silent close between requests
             return
         if self._head_started >= 0 and now - self._head_started > ctx.header_timeout:
