@@ -157,10 +157,12 @@ def run_process() -> Callable[..., Any]:
 
 
 def raw_request(running: Running, data: bytes, timeout: float = 10.0) -> bytes:
-    """Send raw bytes, half-close, and read until the server closes."""
+    """Send raw bytes and read until the server closes (send Connection: close, or garbage).
+
+    No half-close: like uvicorn and gunicorn, Threshold takes EOF as the client leaving.
+    """
     with running.connect(timeout) as sock:
         sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
         chunks = []
         while True:
             chunk = sock.recv(65536)

@@ -69,13 +69,13 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from threshold.supervisor import run_config
-
     try:
         config = parse_args(argv)
     except ConfigError as exc:
         print(f"threshold: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+    from threshold.supervisor import run_config  # the server, imported once args are good
+
     try:
         args = sys.argv[1:] if argv is None else list(argv)
         code = run_config(config, args, lambda: parse_args(args))

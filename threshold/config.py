@@ -182,6 +182,61 @@ class Config:
         minimum=1,
         metavar="N",
     )
+    http: str = option(
+        "auto",
+        "HTTP versions: auto (HTTP/1.1 and HTTP/2: h2 by ALPN on TLS, h2c by prior knowledge "
+        "or Upgrade on cleartext), 1 (HTTP/1.1 only) or 2 (HTTP/2 only).",
+        choices=("auto", "1", "2"),
+    )
+    certfile: str = option("", "TLS certificate chain (PEM); enables HTTPS.", metavar="FILE")
+    keyfile: str = option("", "TLS private key (PEM); defaults to the certfile.", metavar="FILE")
+    keyfile_password: str = option("", "Password of an encrypted keyfile.", metavar="PASSWORD")
+    ca_certs: str = option(
+        "", "CA certificates (PEM) to verify client certificates against.", metavar="FILE"
+    )
+    cert_reqs: str = option(
+        "none",
+        "Client certificates: none, optional (verified when sent) or required.",
+        choices=("none", "optional", "required"),
+    )
+    ciphers: str = option(
+        "", "OpenSSL cipher string for TLS 1.2 (TLS 1.3 suites are OpenSSL's defaults)."
+    )
+    h2_max_concurrent_streams: int = option(
+        100,
+        "HTTP/2 streams a client may open at once; more are refused (REFUSED_STREAM).",
+        minimum=1,
+        metavar="N",
+    )
+    h2_initial_window_size: int = option(
+        262144,
+        "HTTP/2 flow-control window per stream in bytes: request body buffered per stream.",
+        minimum=1024,
+        metavar="BYTES",
+    )
+    h2_max_frame_size: int = option(
+        16384, "Largest HTTP/2 frame payload the server accepts.", minimum=16384, metavar="BYTES"
+    )
+    h2_max_header_list_size: int = option(
+        65536,
+        "Largest decoded HTTP/2 header list (HPACK bomb bound); larger requests are refused.",
+        minimum=1024,
+        metavar="BYTES",
+    )
+    h2_max_resets: int = option(
+        200,
+        "Client stream resets per 10 seconds before the connection is closed with "
+        "ENHANCE_YOUR_CALM (rapid reset, CVE-2023-44487).",
+        minimum=1,
+        metavar="N",
+    )
+    h2_max_control_frames: int = option(
+        1000,
+        "PING, SETTINGS, WINDOW_UPDATE, PRIORITY and empty DATA frames per second before "
+        "the connection is closed with ENHANCE_YOUR_CALM (flood defence).",
+        minimum=10,
+        metavar="N",
+    )
     ws_max_message_size: int = option(
         16 * 1024 * 1024,
         "Largest WebSocket message in bytes, after decompression; larger ones close with 1009.",
@@ -305,6 +360,10 @@ class Config:
             _check(f.name, str(f.type), spec, value)
         if not self.bind:
             raise ConfigError("bind: at least one address is required")
+        if (self.keyfile or self.ca_certs) and not self.certfile:
+            raise ConfigError("certfile: required when keyfile or ca_certs is given")
+        if self.cert_reqs != "none" and not self.ca_certs:
+            raise ConfigError("ca_certs: required when cert_reqs is optional or required")
         for name in ("umask", "unix_socket_mode"):
             text = getattr(self, name)
             if text:

@@ -54,6 +54,7 @@ class ServerContext:
         "send_timeout",
         "shutting_down",
         "timeout_request",
+        "tls_server_cert",
         "ws_handler",
     )
 
@@ -67,6 +68,7 @@ class ServerContext:
         self.config = config
         self.handler = handler
         self.ws_handler = ws_handler
+        self.tls_server_cert: str | None = None  # PEM, for the ASGI tls extension
         self.access_log = access_log
         self.connections: set[Connection] = set()
         self.shutting_down = False

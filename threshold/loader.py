@@ -27,7 +27,9 @@ def import_from_string(spec: str, app_dir: str = ".") -> Any:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
+        # Only the module itself (or a parent package) missing means "no such app";
+        # "foobar" failing to import a dependency "foo" is a broken app.
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
             raise LoadError(f"cannot import module {module_name!r} (from {spec!r})") from None
         raise LoadError(f"error while importing {module_name!r}: {exc!r}") from exc
     except Exception as exc:
@@ -62,7 +64,8 @@ def load_app(app: Any, *, factory: bool = False, app_dir: str = ".") -> Any:
 
 
 def detect_interface(app: Any) -> str:
-    """asgi3: a coroutine function, or an object with an async __call__ of 3 params.
+    """asgi3: a coroutine function, an object with an async __call__, or any callable of
+    3 params (scope, receive, send).
 
     asgi2: a class, or a callable taking one parameter (scope). Otherwise wsgi.
     """
@@ -85,6 +88,8 @@ def detect_interface(app: Any) -> str:
         return "wsgi"
     if len(params) == 1:
         return "asgi2"
+    if len(params) == 3:
+        return "asgi3"  # (scope, receive, send) returning an awaitable; WSGI takes two
     return "wsgi"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import stat
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -142,3 +143,29 @@ def create_listener(
     sock.listen(backlog)
     sock.setblocking(False)
     return Listener(sock, bind)
+
+
+def create_ssl_context(config: Config) -> ssl.SSLContext | None:
+    """The server TLS context from --certfile & co; None for cleartext. TLS 1.2 minimum."""
+    if not config.certfile:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(
+            config.certfile, config.keyfile or None, config.keyfile_password or None
+        )
+        if config.ca_certs:
+            context.load_verify_locations(config.ca_certs)
+        if config.ciphers:
+            context.set_ciphers(config.ciphers)
+    except (OSError, ssl.SSLError) as exc:
+        raise BindError(f"TLS: cannot load certificates or ciphers: {exc}") from None
+    context.verify_mode = {
+        "none": ssl.CERT_NONE,
+        "optional": ssl.CERT_OPTIONAL,
+        "required": ssl.CERT_REQUIRED,
+    }[config.cert_reqs]
+    alpn = {"auto": ["h2", "http/1.1"], "1": ["http/1.1"], "2": ["h2"]}[config.http]
+    context.set_alpn_protocols(alpn)
+    return context

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 import threading
 from typing import Any
 
@@ -14,7 +15,7 @@ from threshold.interfaces.asgi import REQUEST_TASK_NAME, AsgiHandler
 from threshold.interfaces.lifespan import Lifespan, LifespanFailure
 from threshold.interfaces.wsgi import WsgiHandler
 from threshold.loader import LoadError, asgi2_to_asgi3, detect_interface, load_app
-from threshold.net import BindError, Listener, bind_listeners
+from threshold.net import BindError, Listener, bind_listeners, create_ssl_context
 from threshold.observe.logs import AccessLog, reopen_log_files
 from threshold.protocols.http1 import Http1Connection
 
@@ -83,7 +84,8 @@ class Server:
 
     @property
     def urls(self) -> list[str]:
-        return [listener.url() for listener in self.listeners]
+        scheme = "https" if self.config.certfile else "http"
+        return [listener.url(scheme) for listener in self.listeners]
 
     # -- the worker ---------------------------------------------------------------
 
@@ -127,6 +129,17 @@ class Server:
         access_log = AccessLog() if config.access_log else None
         ws_handler = handler.websocket if isinstance(handler, AsgiHandler) else None
         ctx = ServerContext(config, handler, access_log, ws_handler)
+        try:
+            ssl_context = create_ssl_context(config)
+        except BindError as exc:
+            logger.error("%s", exc)
+            self.exit_code = EXIT_STARTUP_FAILED
+            return
+        if ssl_context is not None:
+            with open(config.certfile) as f:
+                ctx.tls_server_cert = f.read()
+            loop.set_exception_handler(_quiet_tls_errors)
+        scheme = "https" if ssl_context is not None else "http"
         servers: list[asyncio.AbstractServer] = []
         try:
             try:
@@ -135,20 +148,22 @@ class Server:
                 logger.error("%s", exc)
                 self.exit_code = EXIT_STARTUP_FAILED
                 return
+            # Before the first 'Listening on': a TERM from then on is a graceful stop.
+            if install_signals:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.add_signal_handler(sig, self._on_signal)
+                loop.add_signal_handler(signal.SIGQUIT, self._on_quit)
+                loop.add_signal_handler(signal.SIGUSR1, reopen_log_files)
             for listener in self.listeners:
                 servers.append(
                     await loop.create_server(
                         lambda: Http1Connection(ctx, loop),
                         sock=listener.sock,
                         backlog=config.backlog,
+                        ssl=ssl_context,
                     )
                 )
-                logger.info("Listening on %s (%s)", listener.url(), interface)
-            if install_signals:
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    loop.add_signal_handler(sig, self._on_signal)
-                loop.add_signal_handler(signal.SIGQUIT, self._on_quit)
-                loop.add_signal_handler(signal.SIGUSR1, reopen_log_files)
+                logger.info("Listening on %s (%s)", listener.url(scheme), interface)
             ticker = loop.create_task(self._tick(ctx))
             self.started.set()
             if hooks is not None:
@@ -206,6 +221,15 @@ class Server:
             task.cancel()
         if leftovers:
             await asyncio.wait(leftovers, timeout=1.0)
+
+
+def _quiet_tls_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """Failed TLS handshakes are the client's problem: debug, not an error log."""
+    exc = context.get("exception")
+    if isinstance(exc, (ssl.SSLError, ConnectionError, TimeoutError)):
+        logger.debug("TLS: %s (%s)", context.get("message"), exc)
+        return
+    loop.default_exception_handler(context)
 
 
 def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:

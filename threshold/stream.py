@@ -11,6 +11,7 @@ Calls are plain methods on the event-loop thread, except those ending in
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -78,11 +79,11 @@ class RequestHead:
 class Stream:
     """One request/response exchange. Protocols subclass this; interfaces call it."""
 
-    __slots__ = ("cancel",)
+    __slots__ = ("cancel", "extensions")
 
     head: RequestHead
     # Protocol extras for the ASGI scope ("extensions"), e.g. TLS details; None for none.
-    extensions: dict[str, Any] | None = None
+    extensions: dict[str, Any] | None
     # Set by the interface: stops the app for --timeout-request (ASGI: Task.cancel).
     cancel: Callable[[], object] | None
 
@@ -102,6 +103,11 @@ class Stream:
 
     @property
     def disconnected(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def finished(self) -> bool:
+        """The response is complete (or was dropped)."""
         raise NotImplementedError
 
     # -- response -------------------------------------------------------------
@@ -143,18 +149,33 @@ class Stream:
         self, status: int, headers: Headers | None, body: bytes, more: bool
     ) -> None:
         """Send (head and) body from a worker thread without waiting for the loop."""
-        raise NotImplementedError
+        self.loop.call_soon_threadsafe(self._send_from_thread, status, headers, body, more)
+
+    def _send_from_thread(
+        self, status: int, headers: Headers | None, body: bytes, more: bool
+    ) -> None:
+        if self.disconnected or self.finished:
+            return
+        try:
+            if headers is not None:
+                self.send_head(status, headers)
+            self.send_body(body, more)
+        except ClientDisconnected:
+            pass
+        except (ValueError, RuntimeError):
+            logging.getLogger("threshold.error").exception("invalid response from the app")
+            if not self.send_error(500):
+                self.abort()
 
 
 class WebSocketStream:
     """One WebSocket (RFC 6455), before and after its handshake. Protocols subclass this."""
 
-    __slots__ = ()
-
     head: RequestHead
     subprotocols: list[str]  # offered by the client, in order
     # For an HTTP answer instead of the handshake (ASGI websocket.http.response).
     http: Stream
+    cancel: Callable[[], object] | None = None  # set by the interface
     extensions: dict[str, Any] | None = None
 
     async def accept(self, subprotocol: str | None, headers: Headers) -> None:

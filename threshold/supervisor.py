@@ -389,12 +389,20 @@ class Supervisor:
         read_fd, write_fd = os.pipe()
         heartbeat = mmap.mmap(-1, mmap.PAGESIZE)
         struct.pack_into("d", heartbeat, 0, time.monotonic())
-        pid = os.fork()
+        # Block our signals across fork: a signal reaching the child before it resets
+        # the master's handlers would be swallowed (a TERM lost, the worker kept).
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        pid = -1
+        try:
+            pid = os.fork()
+        finally:
+            if pid != 0:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         if pid == 0:  # the worker
             code = EXIT_WORKER_CRASH
             try:
                 os.close(read_fd)
-                code = self._worker_main(write_fd, heartbeat)
+                code = self._worker_main(write_fd, heartbeat, mask)
             except BaseException:
                 logger.exception("Worker crashed")
             finally:
@@ -403,12 +411,13 @@ class Supervisor:
         self.workers[pid] = WorkerProcess(pid, self.generation, read_fd, heartbeat)
         logger.debug("Spawned worker %d (generation %d)", pid, self.generation)
 
-    def _worker_main(self, write_fd: int, heartbeat: mmap.mmap) -> int:
+    def _worker_main(self, write_fd: int, heartbeat: mmap.mmap, mask: set[Any]) -> int:
         signal.set_wakeup_fd(-1)
         for sig in HANDLED_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
             signal.signal(sig, signal.SIG_IGN)  # meant for the master
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a pending TERM now stops us
         for fd in (self._wakeup_r, self._wakeup_w):
             os.close(fd)
         for worker in self.workers.values():

@@ -134,7 +134,8 @@ class AsgiHttpCycle:
                     stream.abort()
             else:
                 logger.error("ASGI application returned without completing the response")
-                stream.abort()
+                if not stream.send_error(500):  # nothing on the wire yet: a clean 500
+                    stream.abort()
 
     async def receive(self) -> Message:
         if self._body_done:
@@ -319,4 +320,7 @@ class AsgiHandler:
 
     def websocket(self, ws: WebSocketStream) -> None:
         scope = build_websocket_scope(ws, self.root_path, self.state)
-        self.loop.create_task(AsgiWebSocketCycle(ws).run(self.app, scope), name=REQUEST_TASK_NAME)
+        task = self.loop.create_task(
+            AsgiWebSocketCycle(ws).run(self.app, scope), name=REQUEST_TASK_NAME
+        )
+        ws.cancel = task.cancel  # also keeps the task referenced while it runs

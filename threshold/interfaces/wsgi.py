@@ -130,7 +130,16 @@ class WsgiInput:
 class WsgiResponse:
     """start_response, write() and the hand-over of the response to the loop."""
 
-    __slots__ = ("_headers", "_inflight", "_pending", "_sent", "loop", "status", "stream")
+    __slots__ = (
+        "_done",
+        "_headers",
+        "_inflight",
+        "_remaining",
+        "_sent",
+        "loop",
+        "status",
+        "stream",
+    )
 
     def __init__(self, stream: Stream, loop: asyncio.AbstractEventLoop) -> None:
         self.stream = stream
@@ -138,7 +147,8 @@ class WsgiResponse:
         self.status = 0
         self._headers: Headers | None = None
         self._sent = False  # the head was handed to the loop
-        self._pending: bytes | None = None  # first chunk, held in case it is the only one
+        self._remaining: int | None = None  # body bytes still due by the app's Content-Length
+        self._done = False  # the last block was handed over with the end of the response
         self._inflight: Future[None] | None = None
 
     def start_response(
@@ -159,24 +169,37 @@ class WsgiResponse:
             raise ValueError(f"WSGI: invalid status {status!r}")
         code = int(status[:3])
         encoded = []
+        remaining = None
         for name, value in headers:
             if not isinstance(name, str) or not isinstance(value, str):
                 raise TypeError(f"WSGI: header names and values must be str: {(name, value)!r}")
+            if len(name) == 14 and name.lower() == "content-length" and value.isdigit():
+                remaining = int(value)
             encoded.append((name.encode("latin-1"), value.encode("latin-1")))
         self.status = code
         self._headers = encoded
+        self._remaining = remaining
         return self.write
 
     def write(self, data: bytes) -> None:
         if self._headers is None:
             raise RuntimeError("WSGI: body written before start_response")
-        if not data:
+        if not data or self._done:
             return
         # PEP 3333: a block must not wait for the next one (an app may yield, then
         # block), so even the first is sent at once rather than held for framing.
         self._wait_inflight()
         headers = None if self._sent else self._headers
         self._sent = True
+        remaining = self._remaining
+        if remaining is not None:
+            self._remaining = remaining - len(data)
+            if self._remaining <= 0:
+                # The block completes the declared Content-Length: end the response
+                # now, without waiting for the loop (the common Flask/Django case).
+                self._done = True
+                self.stream.send_threadsafe(self.status, headers, data, False)
+                return
         self._inflight = asyncio.run_coroutine_threadsafe(
             _send_chunk(self.stream, self.status, headers, data), self.loop
         )
@@ -189,9 +212,8 @@ class WsgiResponse:
     def finish(self, data: bytes = b"") -> None:
         if self._headers is None:
             raise RuntimeError("WSGI: the application returned without calling start_response")
-        if self._pending is not None:
-            data = self._pending + data if data else self._pending
-            self._pending = None
+        if self._done:
+            return
         self._wait_inflight()
         headers = None if self._sent else self._headers
         self._sent = True
@@ -199,7 +221,7 @@ class WsgiResponse:
 
     def send_file(self, wrapper: FileWrapper) -> bool:
         """Send a file_wrapper with sendfile when possible; False to fall back to iterating."""
-        if wrapper.fileno() is None or self._sent or self._pending is not None:
+        if wrapper.fileno() is None or self._sent:
             return False
         assert self._headers is not None
         count = None

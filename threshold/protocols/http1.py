@@ -19,6 +19,7 @@ from typing import IO, Any
 import httptools
 
 from threshold.context import ServerContext
+from threshold.protocols.tlsinfo import tls_extension
 from threshold.protocols.websocket import WebSocketSession, handshake_error
 from threshold.stream import ClientDisconnected, Headers, RequestHead, Stream
 
@@ -31,6 +32,7 @@ WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
 
 NO_BODY_STATUS = frozenset({204, 304})
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 # A response header block as we write it: token names, no CR/LF/NUL in values
 # (response splitting, uvicorn CVE-2020-7695).
@@ -96,6 +98,9 @@ class Http1Stream(Stream):
         "_disconnected",
         "_expect_100",
         "_finished",
+        "_h2_check",
+        "_h2_seen",
+        "_h2c_head",
         "_head_parts",
         "_head_written",
         "_http10",
@@ -144,9 +149,10 @@ class Http1Stream(Stream):
         self.start_time = 0.0
         self.deadline = 0.0  # --timeout-request, in ServerContext.now time
         self.cancel = None
+        self.extensions = conn.extensions
         self._received = 0
         self._chunks = 0  # chunk headers seen (chunked request bodies)
-        self._overhead = 0  # framing + extension bytes of a chunked body
+        self._overhead = -1  # framing + extension bytes of a chunked body (-1: not chunked)
         self._wait_since = -1.0
 
     # -- request body (fed by the connection) ---------------------------------
@@ -223,6 +229,10 @@ class Http1Stream(Stream):
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
         return self.conn.loop
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
 
     # -- response ---------------------------------------------------------------
 
@@ -402,27 +412,6 @@ class Http1Stream(Stream):
             self._finished = True
             self.conn._response_aborted(self)
 
-    def send_threadsafe(
-        self, status: int, headers: Headers | None, body: bytes, more: bool
-    ) -> None:
-        self.conn.loop.call_soon_threadsafe(self._send_from_thread, status, headers, body, more)
-
-    def _send_from_thread(
-        self, status: int, headers: Headers | None, body: bytes, more: bool
-    ) -> None:
-        if self._disconnected or self._finished:
-            return
-        try:
-            if headers is not None:
-                self.send_head(status, headers)
-            self.send_body(body, more)
-        except ClientDisconnected:
-            pass
-        except (ValueError, RuntimeError):
-            logger.exception("invalid response from the application")
-            if not self.send_error(500):
-                self.abort()
-
 
 class Http1Connection(asyncio.Protocol):
     """One client connection speaking HTTP/1.1 (and 1.0)."""
@@ -438,6 +427,9 @@ class Http1Connection(asyncio.Protocol):
         "_error_headers",
         "_error_status",
         "_expect_100",
+        "_h2_check",
+        "_h2_seen",
+        "_h2c_head",
         "_head_started",
         "_headers",
         "_hosts",
@@ -453,6 +445,7 @@ class Http1Connection(asyncio.Protocol):
         "_write_paused_since",
         "_ws",
         "ctx",
+        "extensions",
         "loop",
         "parser",
         "scheme",
@@ -465,6 +458,7 @@ class Http1Connection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.scheme = "http"
+        self.extensions: dict[str, Any] | None = None  # ASGI scope extensions (tls)
         self._client: tuple[str, int] | None = None
         self._server: tuple[str, int | None] | None = None
         self._url = b""
@@ -488,6 +482,10 @@ class Http1Connection(asyncio.Protocol):
         self._error_headers: Headers = []
         self._upgrade: bytes | None = None
         self._ws: WebSocketSession | None = None
+        self._h2c_head: RequestHead | None = None
+        # Cleartext with HTTP/2 enabled: look for the prior-knowledge preface first.
+        self._h2_check = ctx.config.http != "1"
+        self._h2_seen = b""
         self._idle_since = ctx.now
 
     # -- asyncio.Protocol -----------------------------------------------------
@@ -497,9 +495,16 @@ class Http1Connection(asyncio.Protocol):
         self.transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
         self._client = _address(transport.get_extra_info("peername"))
         self._server = _address(transport.get_extra_info("sockname"))
-        if transport.get_extra_info("sslcontext") is not None:
-            self.scheme = "https"
         ctx = self.ctx
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self.scheme = "https"
+            self.extensions = tls_extension(ssl_object, ctx.tls_server_cert)
+            # ALPN decides; with --http 2 anything but h2 is refused.
+            self._h2_check = ctx.config.http == "2"
+            if ssl_object.selected_alpn_protocol() == "h2":
+                self._switch_to_h2(b"")
+                return
         if len(ctx.connections) >= ctx.config.max_connections or ctx.shutting_down:
             # Over --max-connections (or stopping): say so instead of leaving it hanging.
             self._closing = True
@@ -525,6 +530,9 @@ class Http1Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         current = self._current
+        # The first bytes of a connection: HTTP/2 with prior knowledge?
+        if self._h2_check and not self._h2_preface_check(data):
+            return
         try:
             if current is None:
                 line = self._line
@@ -536,7 +544,7 @@ class Http1Connection(asyncio.Protocol):
                         raise RequestRejected(400, "malformed request line")
                     self._line = line if ok is None else None
                 self.parser.feed_data(data)
-            elif current._chunks:
+            elif current._overhead >= 0:
                 # Inside a chunked body: bytes that are neither chunk data nor framing are
                 # chunk extensions, which llhttp skips; bound them (CVE-2024-22019 class).
                 before = current._received
@@ -556,6 +564,9 @@ class Http1Connection(asyncio.Protocol):
                 ws.early_data(data[exc.args[0] :])
                 self._pause_reading()
                 return
+            if self._h2c_head is not None:
+                self._upgrade_h2c(data[exc.args[0] :])
+                return
             # Upgrades (WebSocket, h2c) are not served yet: answer the request
             # as plain HTTP and read nothing more from this connection.
             stream = self._current or self._active
@@ -572,6 +583,12 @@ class Http1Connection(asyncio.Protocol):
             else:
                 logger.debug("bad request from %s: %s", self._client, exc)
                 self._protocol_error(400, "")
+
+    def eof_received(self) -> bool | None:
+        # EOF means the client is gone (as for uvicorn, gunicorn): a half-closing
+        # client cannot be told from one that left, and apps streaming to a client
+        # that left must learn it (http.disconnect). Close; in-flight work sees it.
+        return None
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -610,6 +627,8 @@ class Http1Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         ctx = self.ctx
         name = name.lower()
+        if value[-1:] in b" \t" and value:
+            value = value.rstrip(b" \t")  # trailing OWS is not part of the value (RFC 9110 5.5)
         headers = self._headers
         headers.append((name, value))
         if len(headers) > ctx.limit_fields:
@@ -657,6 +676,9 @@ class Http1Connection(asyncio.Protocol):
         url = self._url
         if url[:1] == b"/":
             path, _, query = url.partition(b"?")
+            if b"#" in url:  # a fragment is never part of the target (RFC 9112 3.2)
+                path = path.partition(b"#")[0]
+                query = query.partition(b"#")[0]
         elif url == b"*":
             path, query = url, b""
         else:
@@ -674,10 +696,17 @@ class Http1Connection(asyncio.Protocol):
             self._server,
         )
         upgrade = self._upgrade
-        if upgrade is not None and upgrade.lower() == b"websocket" and parser.should_upgrade():
-            self._websocket(head)
-            return
+        if upgrade is not None and parser.should_upgrade():
+            kind = upgrade.lower()
+            if kind == b"websocket":
+                self._websocket(head)
+                return
+            if kind == b"h2c" and self._h2c_allowed(head):
+                self._h2c_head = head
+                return
         stream = Http1Stream(self, head, parser.should_keep_alive(), self._expect_100)
+        if self._transfer_encoding is not None:
+            stream._overhead = 0  # count chunk framing from the first byte (data_received)
         self._current = stream
         if self._active is None:
             self._start(stream)
@@ -703,6 +732,78 @@ class Http1Connection(asyncio.Protocol):
         ws = WebSocketSession(self, stream)
         self._ws = ws
         ctx.ws_handler(ws)
+
+    # -- HTTP/2: prior knowledge, Upgrade: h2c, and ALPN (see connection_made) -------------
+
+    def _h2_preface_check(self, data: bytes) -> bool:
+        """False when the connection became HTTP/2 (or waits for more preface bytes)."""
+        seen = self._h2_seen + data
+        if len(seen) < len(H2_PREFACE) and H2_PREFACE.startswith(seen):
+            self._h2_seen = seen
+            return False
+        self._h2_check = False
+        self._h2_seen = b""
+        if seen.startswith(H2_PREFACE):
+            self._switch_to_h2(seen)
+            return False
+        if self.ctx.config.http == "2":
+            self._send_protocol_error(505)  # --http 2: HTTP/1.1 is refused
+            return False
+        if len(seen) > len(data):
+            self.data_received(seen)  # replay the bytes held while checking
+            return False
+        return True
+
+    def _switch_to_h2(self, data: bytes) -> None:
+        from threshold.protocols.http2 import Http2Connection
+
+        ctx = self.ctx
+        ctx.connections.discard(self)
+        self._closing = True
+        h2conn = Http2Connection(ctx, self.loop, self.extensions)
+        self.transport.set_protocol(h2conn)
+        h2conn.connection_made(self.transport)
+        h2conn.start()
+        if data:
+            h2conn.data_received(data)
+
+    def _h2c_allowed(self, head: RequestHead) -> bool:
+        if self.ctx.config.http == "1" or self.scheme == "https" or self._active is not None:
+            return False
+        if self._content_length not in (None, b"0") or self._transfer_encoding is not None:
+            return False  # an upgrade with a body is served as HTTP/1.1 (RFC 9113 allows it)
+        return any(name == b"http2-settings" for name, _ in head.headers)
+
+    def _upgrade_h2c(self, rest: bytes) -> None:
+        """Upgrade: h2c — 101, then the request is answered on stream 1."""
+        from threshold.protocols.http2 import Http2Connection
+
+        head = self._h2c_head
+        assert head is not None
+        settings = next(value for name, value in head.headers if name == b"http2-settings")
+        head.headers = [
+            (name, value)
+            for name, value in head.headers
+            if name not in (b"connection", b"upgrade", b"http2-settings")
+        ]
+        head.http_version = "2"
+        self.transport.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: h2c\r\n\r\n"
+        )
+        ctx = self.ctx
+        ctx.connections.discard(self)
+        self._closing = True
+        h2conn = Http2Connection(ctx, self.loop, self.extensions)
+        self.transport.set_protocol(h2conn)
+        h2conn.connection_made(self.transport)
+        try:
+            h2conn.start_upgraded(settings, head)
+        except Exception as exc:
+            logger.debug("bad h2c upgrade from %s: %s", self._client, exc)
+            self.transport.close()
+            return
+        if rest:
+            h2conn.data_received(rest)
 
     def upgrade_to(self, session: WebSocketSession) -> None:
         """The handshake is done: the session owns the transport from here on."""

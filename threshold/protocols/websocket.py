@@ -84,6 +84,22 @@ def offered_subprotocols(head: RequestHead) -> list[str]:
     return result
 
 
+class _ServerProtocol(ServerProtocol):
+    """websockets' server protocol, but a close frame may end a fragmented message.
+
+    RFC 6455 section 5.4 lets control frames arrive between fragments; websockets fails a
+    close there with 1002, where the peer asked for a normal close (Autobahn 7.1.5). The
+    unfinished message is dropped. The counter is ``current_size`` (``cur_size`` before 15).
+    """
+
+    def recv_frame(self, frame: Frame) -> None:
+        if frame.opcode is Opcode.CLOSE:
+            for name in ("current_size", "cur_size"):
+                if getattr(self, name, None) is not None:
+                    setattr(self, name, None)
+        super().recv_frame(frame)
+
+
 class WebSocketSession(WebSocketStream, asyncio.Protocol):
     """One WebSocket connection; the transport's protocol after the handshake."""
 
@@ -162,7 +178,7 @@ class WebSocketSession(WebSocketStream, asyncio.Protocol):
                 raise ValueError("CR or LF in a WebSocket accept header")
             lines.append(bytes(name) + b": " + bytes(value) + b"\r\n")
         lines.append(b"\r\n")
-        proto = ServerProtocol(state=State.OPEN, max_size=config.ws_max_message_size)
+        proto = _ServerProtocol(state=State.OPEN, max_size=config.ws_max_message_size)
         proto.extensions = extensions
         self.proto = proto
         self.accepted = True

@@ -1,0 +1,669 @@
+"""HTTP/2 connection (RFC 9113) on the ``h2`` state machine.
+
+Each request stream becomes an :class:`Http2Stream` for the interface layer, so
+ASGI and WSGI apps are served exactly as over HTTP/1.1. Request bodies are
+flow-controlled by the app's reading (WINDOW_UPDATE only as it consumes);
+responses wait for the peer's windows (a slow client pauses the app). Floods of
+resets and control frames end the connection with ENHANCE_YOUR_CALM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from http import HTTPStatus
+from time import perf_counter
+from typing import IO, Any
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+from h2.errors import ErrorCodes
+
+from threshold.context import ServerContext
+from threshold.stream import ClientDisconnected, Headers, RequestHead, Stream
+
+logger = logging.getLogger("threshold.error")
+
+# Connection-specific fields that must not appear in HTTP/2 (RFC 9113 section 8.2.2).
+_HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+)
+NO_BODY_STATUS = frozenset({204, 304})
+WRITE_HIGH_WATER = 256 * 1024
+WRITE_LOW_WATER = 64 * 1024
+CONNECTION_WINDOW = 16 * 1024 * 1024  # per connection; per stream is --h2-initial-window-size
+
+
+class _H2Connection(h2.connection.H2Connection):
+    """h2 with stream-count enforcement left to us, so excess streams get
+    REFUSED_STREAM (retryable) instead of a connection-killing PROTOCOL_ERROR."""
+
+    @property
+    def open_inbound_streams(self) -> int:
+        super().open_inbound_streams  # noqa: B018 - h2 cleans up closed streams here
+        return 0
+
+
+class Http2Stream(Stream):
+    """One request stream on an HTTP/2 connection."""
+
+    __slots__ = (
+        "_body",
+        "_body_done",
+        "_disconnected",
+        "_drain_waiter",
+        "_end_pending",
+        "_finished",
+        "_head",
+        "_head_sent",
+        "_is_head",
+        "_pending",
+        "_received",
+        "_unacked",
+        "_waiter",
+        "blocked_since",
+        "body_sent",
+        "conn",
+        "deadline",
+        "head",
+        "start_time",
+        "status",
+        "stream_id",
+    )
+
+    def __init__(self, conn: Http2Connection, stream_id: int, head: RequestHead) -> None:
+        self.conn = conn
+        self.stream_id = stream_id
+        self.head = head
+        self.cancel = None
+        self.extensions = conn.extensions
+        self._is_head = head.method == "HEAD"
+        self._body: list[bytes] = []
+        self._unacked = 0  # flow-controlled bytes received, not yet read by the app
+        self._received = 0
+        self._body_done = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._disconnected = False
+        self._head: list[tuple[bytes, bytes]] | None = None
+        self._head_sent = False
+        self.deadline = 0.0
+        self.blocked_since = 0.0
+        self._pending = bytearray()  # response bytes waiting for flow-control window
+        self._end_pending = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._finished = False
+        self.status = 0
+        self.body_sent = 0
+        self.start_time = 0.0
+
+    # -- request body --------------------------------------------------------------
+
+    def _feed(self, data: bytes, flow_length: int) -> None:
+        self._received += len(data)
+        self._body.append(data)
+        self._unacked += flow_length
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _lost(self) -> None:
+        self._disconnected = True
+        self._wake()
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def receive_body(self) -> tuple[bytes, bool]:
+        while True:
+            if self._body:
+                data = b"".join(self._body)
+                self._body.clear()
+                if self._unacked:
+                    self.conn._ack(self.stream_id, self._unacked)
+                    self._unacked = 0
+                return data, not self._body_done
+            if self._body_done:
+                return b"", False
+            if self._disconnected:
+                raise ClientDisconnected("stream reset while sending the body")
+            waiter = self.conn.loop.create_future()
+            self._waiter = waiter
+            await waiter
+
+    async def wait_disconnect(self) -> None:
+        while not (self._disconnected or self._finished):
+            waiter = self.conn.loop.create_future()
+            self._waiter = waiter
+            await waiter
+
+    @property
+    def disconnected(self) -> bool:
+        return self._disconnected
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self.conn.loop
+
+    # -- response ------------------------------------------------------------------------
+
+    def send_head(self, status: int, headers: Headers) -> None:
+        if self._head is not None or self.status:
+            raise RuntimeError("response already started")
+        if self._disconnected:
+            raise ClientDisconnected("stream reset")
+        if not 100 <= status <= 999:
+            raise ValueError(f"invalid status code {status!r}")
+        out = [(b":status", b"%d" % status)]
+        for name, value in headers:
+            lname = bytes(name).lower()
+            if lname in _HOP_BY_HOP:
+                continue
+            if b"\r" in value or b"\n" in value or b"\x00" in value or not lname:
+                raise ValueError("invalid response header")
+            out.append((lname, bytes(value)))
+        out.extend(self.conn.default_headers)
+        self.status = status
+        self._head = out
+
+    def send_body(self, data: bytes, more: bool) -> None:
+        if self._finished:
+            raise RuntimeError("response already complete")
+        if self._disconnected:
+            raise ClientDisconnected("stream reset")
+        conn = self.conn
+        head = self._head
+        ended = False
+        if head is not None:
+            self._head = None
+            self._head_sent = True
+            if self._is_head or self.status in NO_BODY_STATUS:
+                data = b""
+            ended = not more and not data
+            if not more and data and not any(n == b"content-length" for n, _ in head):
+                head.append((b"content-length", b"%d" % len(data)))
+            conn._send_headers(self.stream_id, head, ended)
+        elif not self._head_sent:
+            raise RuntimeError("body sent before the response head")
+        elif self._is_head or self.status in NO_BODY_STATUS:
+            data = b""
+        if data:
+            self.body_sent += len(data)
+            self._pending += data
+        if not more:
+            self._finished = True
+            self._end_pending = not ended
+            conn._stream_done(self)
+        if self._pending or self._end_pending or ended:
+            conn._flush_stream(self)
+
+    @property
+    def write_paused(self) -> bool:
+        return bool(self._pending) or self.conn._write_paused
+
+    async def drain(self) -> None:
+        while (self._pending or self.conn._write_paused) and not self._disconnected:
+            waiter = self.conn.loop.create_future()
+            self._drain_waiter = waiter
+            await waiter
+        if self._disconnected:
+            raise ClientDisconnected("stream reset")
+
+    def _wake_drain(self) -> None:
+        waiter = self._drain_waiter
+        if waiter is not None:
+            self._drain_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def send_file(self, file: IO[bytes], offset: int, count: int | None) -> None:
+        file.seek(offset)
+        while count is None or count > 0:
+            data = file.read(65536 if count is None else min(65536, count))
+            if not data:
+                break
+            if count is not None:
+                count -= len(data)
+            self.send_body(data, True)
+            if self.write_paused:
+                await self.drain()
+
+    def send_error(self, status: int) -> bool:
+        if self._head_sent or self._finished or self._disconnected:
+            return False
+        self._head = None
+        self.status = 0
+        body = f"{status} {HTTPStatus(status).phrase}\n".encode()
+        self.send_head(
+            status,
+            [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", b"%d" % len(body)),
+            ],
+        )
+        self.send_body(body, False)
+        return True
+
+    def abort(self) -> None:
+        if not self._finished:
+            self._finished = True
+            self.conn._reset(self, ErrorCodes.INTERNAL_ERROR)
+
+
+class Http2Connection(asyncio.Protocol):
+    """One HTTP/2 connection: h2 plus the streams it carries."""
+
+    def __init__(
+        self, ctx: ServerContext, loop: asyncio.AbstractEventLoop, extensions: Any = None
+    ) -> None:
+        self.ctx = ctx
+        self.loop = loop
+        self.extensions = extensions
+        config = ctx.config
+        self.h2 = _H2Connection(
+            h2.config.H2Configuration(
+                client_side=False, header_encoding=None, validate_inbound_headers=True
+            )
+        )
+        self.h2.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: config.h2_max_concurrent_streams,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: config.h2_initial_window_size,
+                h2.settings.SettingCodes.MAX_FRAME_SIZE: config.h2_max_frame_size,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: config.h2_max_header_list_size,
+            },
+        )
+        self.h2.decoder.max_header_list_size = config.h2_max_header_list_size
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.streams: dict[int, Http2Stream] = {}
+        self.scheme = "http"
+        self.client: Any = None
+        self.server: Any = None
+        self.default_headers: list[tuple[bytes, bytes]] = []
+        self._write_paused = False
+        self._write_paused_since = 0.0
+        self._blocked: dict[int, Http2Stream] = {}  # streams waiting for window
+        self._discarding: dict[int, int] = {}  # answered streams still uploading: bytes seen
+        self._closing = False
+        self._resets = 0
+        self._reset_window_start = ctx.now
+        self._control_frames = 0
+        self._idle_since = ctx.now
+        self._goaway_sent = False
+
+    # -- asyncio.Protocol -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
+        self.client = _address(transport.get_extra_info("peername"))
+        self.server = _address(transport.get_extra_info("sockname"))
+        if transport.get_extra_info("sslcontext") is not None:
+            self.scheme = "https"
+        self.ctx.connections.add(self)
+        self._refresh_default_headers()
+
+    def start(self) -> None:
+        """Prior knowledge or ALPN: send our SETTINGS first (RFC 9113 section 3.4)."""
+        self.h2.initiate_connection()
+        self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        self._write()
+
+    def start_upgraded(self, settings: bytes, head: RequestHead) -> None:
+        """h2c via Upgrade: the HTTP/1.1 request becomes stream 1 (RFC 7540 section 3.2)."""
+        self.h2.initiate_upgrade_connection(settings)
+        self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        self._write()
+        stream = Http2Stream(self, 1, head)
+        stream._body_done = True
+        self.streams[1] = stream
+        self._start(stream)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ctx.connections.discard(self)
+        self._closing = True
+        for stream in self.streams.values():
+            stream._lost()
+        self.streams.clear()
+        self._blocked.clear()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._write_paused_since = self.ctx.now
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        for stream in list(self.streams.values()):
+            stream._wake_drain()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            logger.debug("HTTP/2 protocol error from %s: %s", self.client, exc)
+            self._write()
+            self._close()
+            return
+        for event in events:
+            self._event(event)
+        self._write()
+
+    # -- events --------------------------------------------------------------------------
+
+    def _event(self, event: Any) -> None:
+        if isinstance(event, h2.events.DataReceived):
+            stream = self.streams.get(event.stream_id)
+            if not event.data and not event.stream_ended:
+                self._control()
+            if stream is None:
+                # A stream we already answered or reset: give the window back.
+                sid = event.stream_id
+                if event.flow_controlled_length:
+                    self._ack(sid, event.flow_controlled_length)
+                if sid in self._discarding:
+                    total = self._discarding[sid] + len(event.data)
+                    self._discarding[sid] = total
+                    if event.stream_ended is not None:
+                        del self._discarding[sid]
+                    elif self.ctx.max_body_size and total > self.ctx.max_body_size:
+                        del self._discarding[sid]
+                        self._reset_id(sid, ErrorCodes.CANCEL)
+                return
+            max_body = self.ctx.max_body_size
+            if max_body and stream._received + len(event.data) > max_body:
+                # The app sees a disconnect, never a truncated body presented as whole.
+                if not stream.send_error(413):
+                    stream.abort()
+                stream._lost()
+                self._reset_id(event.stream_id, ErrorCodes.CANCEL)
+                return
+            stream._feed(event.data, event.flow_controlled_length)
+        elif isinstance(event, h2.events.RequestReceived):
+            self._request(event.stream_id, event.headers, event.stream_ended is not None)
+        elif isinstance(event, h2.events.StreamEnded):
+            self._discarding.pop(event.stream_id, None)
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream._body_done = True
+                stream._wake()
+        elif isinstance(event, h2.events.StreamReset):
+            self._resets += 1
+            if self._resets > self.ctx.config.h2_max_resets:
+                self._calm("too many stream resets (rapid reset)")
+            stream = self.streams.pop(event.stream_id, None)
+            self._blocked.pop(event.stream_id, None)
+            if stream is not None:
+                stream._lost()
+        elif isinstance(event, h2.events.WindowUpdated):
+            self._control()
+            if event.stream_id == 0:
+                for stream in list(self._blocked.values()):
+                    self._flush_stream(stream)
+            else:
+                stream = self._blocked.get(event.stream_id)
+                if stream is not None:
+                    self._flush_stream(stream)
+        elif isinstance(
+            event,
+            h2.events.PingReceived
+            | h2.events.RemoteSettingsChanged
+            | h2.events.PriorityUpdated
+            | h2.events.SettingsAcknowledged,
+        ):
+            self._control()
+            if isinstance(event, h2.events.RemoteSettingsChanged):
+                for stream in list(self._blocked.values()):
+                    self._flush_stream(stream)
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self._close()
+
+    def _control(self) -> None:
+        self._control_frames += 1
+        if self._control_frames > self.ctx.config.h2_max_control_frames:
+            self._calm("control frame flood")
+
+    def _calm(self, why: str) -> None:
+        if self._goaway_sent:
+            return
+        logger.warning("HTTP/2 client %s: %s; closing the connection", self.client, why)
+        self._goaway_sent = True
+        self.h2.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
+        self._write()
+        self._close()
+
+    def _request(self, stream_id: int, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
+        if self._goaway_sent or self._closing:
+            self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            return
+        if len(self.streams) >= self.ctx.config.h2_max_concurrent_streams:
+            self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            return
+        method = path = authority = b""
+        regular: list[tuple[bytes, bytes]] = []
+        has_host = False
+        for name, value in headers:
+            if name[:1] == b":":
+                if name == b":method":
+                    method = value
+                elif name == b":path":
+                    path = value
+                elif name == b":authority":
+                    authority = value
+            else:
+                if name == b"host":
+                    has_host = True
+                regular.append((name, value))
+        if authority and not has_host:
+            regular.insert(0, (b"host", authority))  # what HTTP/1.1 apps expect
+        max_body = self.ctx.max_body_size
+        for name, value in regular:
+            if name == b"content-length" and max_body and value.isdigit() and int(value) > max_body:
+                self._refuse(stream_id, 413)
+                return
+        raw_path, _, query = path.partition(b"?")
+        head = RequestHead(
+            method.decode("ascii"),
+            raw_path,
+            query,
+            "2",
+            regular,
+            self.scheme,
+            self.client,
+            self.server,
+        )
+        stream = Http2Stream(self, stream_id, head)
+        stream._body_done = ended
+        self.streams[stream_id] = stream
+        self._start(stream)
+
+    def _refuse(self, stream_id: int, status: int) -> None:
+        """Answer a request with an error without calling the app."""
+        body = f"{status} {HTTPStatus(status).phrase}\n".encode()
+        headers = [
+            (b":status", b"%d" % status),
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", b"%d" % len(body)),
+        ]
+        self.h2.send_headers(stream_id, headers + self.default_headers)
+        self.h2.send_data(stream_id, body, end_stream=True)
+        self._reset_id(stream_id, ErrorCodes.CANCEL)
+
+    def _start(self, stream: Http2Stream) -> None:
+        ctx = self.ctx
+        ctx.requests += 1
+        self._idle_since = -1.0
+        if ctx.access_log is not None:
+            stream.start_time = perf_counter()
+        if ctx.timeout_request:
+            stream.deadline = ctx.now + ctx.timeout_request
+        ctx.handler(stream)
+
+    # -- sending -----------------------------------------------------------------------
+
+    def _send_headers(self, stream_id: int, headers: list[tuple[bytes, bytes]], end: bool) -> None:
+        try:
+            self.h2.send_headers(stream_id, headers, end_stream=end)
+        except h2.exceptions.StreamClosedError:
+            stream = self.streams.get(stream_id)
+            if stream is not None:
+                stream._lost()
+            return
+        self._write()
+
+    def _flush_stream(self, stream: Http2Stream) -> None:
+        """Send as much of the stream's pending body as the windows allow."""
+        h2conn = self.h2
+        sid = stream.stream_id
+        pending = stream._pending
+        try:
+            while pending:
+                window = h2conn.local_flow_control_window(sid)
+                size = min(window, h2conn.max_outbound_frame_size, len(pending))
+                if size <= 0:
+                    if sid not in self._blocked:
+                        self._blocked[sid] = stream  # resumed by WINDOW_UPDATE
+                        stream.blocked_since = self.ctx.now
+                    self._write()
+                    return
+                chunk = bytes(pending[:size])
+                del pending[:size]
+                end = not pending and stream._end_pending
+                h2conn.send_data(sid, chunk, end_stream=end)
+                if end:
+                    stream._end_pending = False
+            if stream._end_pending:
+                stream._end_pending = False
+                h2conn.end_stream(sid)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            stream._lost()
+            stream._pending.clear()
+        self._blocked.pop(sid, None)
+        stream._wake_drain()
+        if stream._finished:
+            self._forget(stream)
+        self._write()
+
+    def _stream_done(self, stream: Http2Stream) -> None:
+        ctx = self.ctx
+        if ctx.access_log is not None:
+            ctx.access_log(
+                stream, stream.status, stream.body_sent, perf_counter() - stream.start_time
+            )
+
+    def _forget(self, stream: Http2Stream) -> None:
+        sid = stream.stream_id
+        if self.streams.get(sid) is stream and not stream._pending:
+            del self.streams[sid]
+            if stream._unacked:
+                self.h2.acknowledge_received_data(stream._unacked, sid)
+                stream._unacked = 0
+            if not stream._body_done:
+                # Answered before the whole body arrived: let the client finish its
+                # upload (acknowledged and dropped, bounded by max_body_size) rather
+                # than RST_STREAM, which several clients mishandle mid-upload.
+                self._discarding[sid] = stream._received
+        if not self.streams:
+            self._idle_since = self.ctx.now
+            if self._goaway_sent:
+                self._close()
+
+    def _ack(self, stream_id: int, size: int) -> None:
+        try:
+            self.h2.acknowledge_received_data(size, stream_id)
+        except h2.exceptions.StreamClosedError:
+            return
+        self._write()
+
+    def _reset(self, stream: Http2Stream, code: ErrorCodes) -> None:
+        self.streams.pop(stream.stream_id, None)
+        self._blocked.pop(stream.stream_id, None)
+        self._reset_id(stream.stream_id, code)
+
+    def _reset_id(self, stream_id: int, code: ErrorCodes) -> None:
+        try:
+            self.h2.reset_stream(stream_id, code)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            pass
+        self._write()
+
+    def _write(self) -> None:
+        data = self.h2.data_to_send()
+        if data and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _close(self) -> None:
+        self._closing = True
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def _refresh_default_headers(self) -> None:
+        headers = []
+        for line in self.ctx.default_headers.split(b"\r\n"):
+            if line:
+                name, _, value = line.partition(b": ")
+                headers.append((name, value))
+        self.default_headers = headers
+
+    # -- what the server calls -----------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """GOAWAY with the last stream id; in-flight streams finish, then we close."""
+        if self._goaway_sent or self._closing:
+            return
+        self._goaway_sent = True
+        self.h2.close_connection(
+            ErrorCodes.NO_ERROR, last_stream_id=self.h2.highest_inbound_stream_id
+        )
+        self._write()
+        if not self.streams:
+            self._close()
+
+    def on_tick(self, now: float) -> None:
+        ctx = self.ctx
+        self._refresh_default_headers()
+        self._control_frames = 0
+        if now - self._reset_window_start >= 10:
+            self._reset_window_start = now
+            self._resets = 0
+        if self._closing:
+            return
+        if self._idle_since >= 0 and now - self._idle_since > ctx.keep_alive_timeout:
+            self.shutdown()  # idle: GOAWAY and close
+        elif self._write_paused and now - self._write_paused_since > ctx.send_timeout:
+            self.abort()
+        for stream in list(self._blocked.values()):
+            if now - stream.blocked_since > ctx.send_timeout:
+                # The peer keeps its window shut: a zero-window stall (send timeout).
+                logger.debug("HTTP/2 stream %d stalled on flow control; reset", stream.stream_id)
+                self._reset(stream, ErrorCodes.CANCEL)
+                stream._lost()
+        for stream in list(self.streams.values()):
+            if stream.deadline and now > stream.deadline and not stream._finished:
+                logger.error("Request on stream %d exceeded timeout_request", stream.stream_id)
+                if not stream.send_error(504):
+                    stream.abort()
+                stream._lost()
+                if stream.cancel is not None:
+                    stream.cancel()
+
+    def abort(self) -> None:
+        self._closing = True
+        self.transport.abort()
+
+
+def _address(addr: Any) -> Any:
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        return (str(addr[0]), int(addr[1]))
+    return None
