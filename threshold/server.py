@@ -24,6 +24,7 @@ logger = logging.getLogger("threshold.error")
 EXIT_OK = 0
 EXIT_LOAD_FAILED = 2  # the app could not be imported (same as a usage error)
 EXIT_STARTUP_FAILED = 3  # lifespan startup failed, or the sockets could not be bound
+SHUTDOWN_SETTLE = 0.05  # seconds between closing the listeners and closing idle connections
 
 
 class WorkerHooks:
@@ -171,9 +172,12 @@ class Server:
             await self._stop.wait()
 
             logger.info("Shutting down")
-            ctx.shutting_down = True
             for aserver in servers:
                 aserver.close()
+            # Connections accepted just before the stop may not be read yet: give the loop
+            # a moment to read their first request, so it is served rather than cut off.
+            await asyncio.sleep(SHUTDOWN_SETTLE)
+            ctx.shutting_down = True
             for conn in list(ctx.connections):
                 conn.shutdown()
             await self._drain(ctx)

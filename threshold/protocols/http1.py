@@ -20,7 +20,7 @@ import httptools
 
 from threshold.context import ServerContext
 from threshold.protocols.tlsinfo import tls_extension
-from threshold.protocols.websocket import WebSocketSession, handshake_error
+from threshold.protocols.websocket import WebSocketSession, handshake_error, upgrade_response
 from threshold.stream import ClientDisconnected, Headers, RequestHead, Stream
 
 logger = logging.getLogger("threshold.error")
@@ -729,7 +729,7 @@ class Http1Connection(asyncio.Protocol):
         stream = Http1Stream(self, head, False, False)
         self._current = stream
         self._active = stream
-        ws = WebSocketSession(self, stream)
+        ws = WebSocketSession(self, stream, self.transport)
         self._ws = ws
         ctx.ws_handler(ws)
 
@@ -805,8 +805,9 @@ class Http1Connection(asyncio.Protocol):
         if rest:
             h2conn.data_received(rest)
 
-    def upgrade_to(self, session: WebSocketSession) -> None:
-        """The handshake is done: the session owns the transport from here on."""
+    def accept_websocket(self, session: WebSocketSession, headers: Headers) -> None:
+        """The app accepted: 101, and the session owns the transport from here on."""
+        self.transport.write(upgrade_response(session.head, self.ctx.default_headers, headers))
         ctx = self.ctx
         ctx.connections.discard(self)
         ctx.connections.add(session)

@@ -23,6 +23,7 @@ import h2.settings
 from h2.errors import ErrorCodes
 
 from threshold.context import ServerContext
+from threshold.protocols.websocket import WebSocketSession, handshake_error
 from threshold.stream import ClientDisconnected, Headers, RequestHead, Stream
 
 logger = logging.getLogger("threshold.error")
@@ -283,6 +284,8 @@ class Http2Connection(asyncio.Protocol):
                 h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: config.h2_initial_window_size,
                 h2.settings.SettingCodes.MAX_FRAME_SIZE: config.h2_max_frame_size,
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: config.h2_max_header_list_size,
+                # RFC 8441: WebSockets over HTTP/2, when the app can serve them.
+                h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: int(ctx.ws_handler is not None),
             },
         )
         self.h2.decoder.max_header_list_size = config.h2_max_header_list_size
@@ -296,6 +299,7 @@ class Http2Connection(asyncio.Protocol):
         self._write_paused_since = 0.0
         self._blocked: dict[int, Http2Stream] = {}  # streams waiting for window
         self._discarding: dict[int, int] = {}  # answered streams still uploading: bytes seen
+        self._tunnels: dict[int, StreamTunnel] = {}  # WebSocket streams (RFC 8441)
         self._closing = False
         self._resets = 0
         self._reset_window_start = ctx.now
@@ -381,6 +385,10 @@ class Http2Connection(asyncio.Protocol):
                         del self._discarding[sid]
                         self._reset_id(sid, ErrorCodes.CANCEL)
                 return
+            tunnel = self._tunnels.get(event.stream_id)
+            if tunnel is not None:
+                tunnel.feed(event.data, event.flow_controlled_length)
+                return
             max_body = self.ctx.max_body_size
             if max_body and stream._received + len(event.data) > max_body:
                 # The app sees a disconnect, never a truncated body presented as whole.
@@ -394,6 +402,9 @@ class Http2Connection(asyncio.Protocol):
             self._request(event.stream_id, event.headers, event.stream_ended is not None)
         elif isinstance(event, h2.events.StreamEnded):
             self._discarding.pop(event.stream_id, None)
+            tunnel = self._tunnels.pop(event.stream_id, None)
+            if tunnel is not None:
+                tunnel.ended()
             stream = self.streams.get(event.stream_id)
             if stream is not None:
                 stream._body_done = True
@@ -406,6 +417,9 @@ class Http2Connection(asyncio.Protocol):
             self._blocked.pop(event.stream_id, None)
             if stream is not None:
                 stream._lost()
+            tunnel = self._tunnels.pop(event.stream_id, None)
+            if tunnel is not None:
+                tunnel.ended()
         elif isinstance(event, h2.events.WindowUpdated):
             self._control()
             if event.stream_id == 0:
@@ -450,7 +464,7 @@ class Http2Connection(asyncio.Protocol):
         if len(self.streams) >= self.ctx.config.h2_max_concurrent_streams:
             self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             return
-        method = path = authority = b""
+        method = path = authority = protocol = b""
         regular: list[tuple[bytes, bytes]] = []
         has_host = False
         for name, value in headers:
@@ -461,6 +475,8 @@ class Http2Connection(asyncio.Protocol):
                     path = value
                 elif name == b":authority":
                     authority = value
+                elif name == b":protocol":
+                    protocol = value
             else:
                 if name == b"host":
                     has_host = True
@@ -486,7 +502,41 @@ class Http2Connection(asyncio.Protocol):
         stream = Http2Stream(self, stream_id, head)
         stream._body_done = ended
         self.streams[stream_id] = stream
+        if protocol:
+            self._extended_connect(stream, protocol)
+            return
         self._start(stream)
+
+    def _extended_connect(self, stream: Http2Stream, protocol: bytes) -> None:
+        """RFC 8441: a WebSocket over this stream, served by the same session code."""
+        ctx = self.ctx
+        ws_handler = ctx.ws_handler
+        error = handshake_error(stream.head)
+        if protocol.lower() != b"websocket" or ws_handler is None:
+            error = (501, [], "only the websocket protocol is served by extended CONNECT")
+        if error is not None:
+            if not stream.send_error(error[0]):
+                stream.abort()
+            return
+        if ctx.access_log is not None:
+            stream.start_time = perf_counter()
+        tunnel = StreamTunnel(self, stream)
+        session = WebSocketSession(self, stream, tunnel)  # type: ignore[arg-type]
+        tunnel.session = session
+        self._tunnels[stream.stream_id] = tunnel
+        assert ws_handler is not None
+        ws_handler(session)
+
+    def accept_websocket(self, session: WebSocketSession, headers: Headers) -> None:
+        """RFC 8441 section 5: :status 200, then WebSocket frames as DATA."""
+        stream = session.http
+        assert isinstance(stream, Http2Stream)
+        stream.send_head(200, headers)
+        stream.send_body(b"", True)
+        tunnel = self._tunnels.get(stream.stream_id)
+        self.ctx.connections.add(session)
+        if tunnel is not None:
+            tunnel.open()
 
     def _refuse(self, stream_id: int, status: int) -> None:
         """Answer a request with an error without calling the app."""
@@ -667,3 +717,89 @@ def _address(addr: Any) -> Any:
     if isinstance(addr, tuple) and len(addr) >= 2:
         return (str(addr[0]), int(addr[1]))
     return None
+
+
+class StreamTunnel:
+    """A transport made of one HTTP/2 stream, for a WebSocket session (RFC 8441).
+
+    Writes become DATA frames (the stream's flow control applies; the session
+    awaits ``drain``); reads are the stream's DATA, acknowledged unless the
+    session paused reading, which is how its bounded queue pushes back.
+    """
+
+    def __init__(self, conn: Http2Connection, stream: Http2Stream) -> None:
+        self.conn = conn
+        self.stream = stream
+        self.session: WebSocketSession | None = None
+        self._open = False
+        self._paused = False
+        self._withheld = 0
+        self._early: list[bytes] = []
+
+    def open(self) -> None:
+        self._open = True
+        early, self._early = self._early, []
+        for data in early:
+            self._deliver(data)
+
+    def feed(self, data: bytes, flow_length: int) -> None:
+        sid = self.stream.stream_id
+        if self._paused:
+            self._withheld += flow_length
+        elif flow_length:
+            self.conn._ack(sid, flow_length)
+        if not self._open:
+            self._early.append(data)
+        elif data:
+            self._deliver(data)
+
+    def _deliver(self, data: bytes) -> None:
+        assert self.session is not None
+        self.session.data_received(data)
+
+    def ended(self) -> None:
+        session = self.session
+        if session is not None:
+            if self._open:
+                session.eof_received()
+            session.connection_lost(None)
+
+    # -- the asyncio.Transport subset the session uses --------------------------------
+
+    def write(self, data: bytes) -> None:
+        stream = self.stream
+        if data and not (stream.finished or stream.disconnected):
+            stream.send_body(data, True)
+
+    async def drain(self) -> None:
+        if self.stream.write_paused:
+            await self.stream.drain()
+
+    def close(self) -> None:
+        stream = self.stream
+        if not (stream.finished or stream.disconnected):
+            stream.send_body(b"", False)
+        self.conn._tunnels.pop(stream.stream_id, None)
+        if self.session is not None:
+            self.session.connection_lost(None)
+
+    def abort(self) -> None:
+        self.stream.abort()
+        self.conn._tunnels.pop(self.stream.stream_id, None)
+        if self.session is not None:
+            self.session.connection_lost(None)
+
+    def is_closing(self) -> bool:
+        return self.stream.finished or self.stream.disconnected
+
+    def pause_reading(self) -> None:
+        self._paused = True
+
+    def resume_reading(self) -> None:
+        self._paused = False
+        if self._withheld:
+            self.conn._ack(self.stream.stream_id, self._withheld)
+            self._withheld = 0
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.conn.transport.get_extra_info(name, default)

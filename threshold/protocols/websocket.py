@@ -17,7 +17,7 @@ import codecs
 import logging
 import os
 from collections import deque
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from websockets.extensions.base import ServerExtensionFactory
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
@@ -38,7 +38,16 @@ from threshold.stream import (
 )
 
 if TYPE_CHECKING:
-    from threshold.protocols.http1 import Http1Connection
+
+    class WebSocketHost(Protocol):
+        """The connection a WebSocket arrived on (HTTP/1.1 Upgrade or HTTP/2 CONNECT)."""
+
+        ctx: ServerContext
+        loop: asyncio.AbstractEventLoop
+
+        def accept_websocket(self, session: WebSocketSession, headers: Headers) -> None:
+            """Answer the handshake (101 or :status 200) and hand the bytes to the session."""
+
 
 logger = logging.getLogger("threshold.error")
 
@@ -52,7 +61,8 @@ _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 
 
 def handshake_error(head: RequestHead) -> tuple[int, Headers, str] | None:
-    """Check an Upgrade: websocket request (RFC 6455 section 4.2.1).
+    """Check an Upgrade: websocket request (RFC 6455 section 4.2.1), or an HTTP/2
+    extended CONNECT (RFC 8441 section 5: no key, the version still 13).
 
     Returns (status, extra headers, message) for a bad handshake, else None.
     """
@@ -62,16 +72,33 @@ def handshake_error(head: RequestHead) -> tuple[int, Headers, str] | None:
             version = value
         elif name == b"sec-websocket-key":
             key = value
-    if head.method != "GET":
+    h2 = head.http_version == "2"
+    if head.method != ("CONNECT" if h2 else "GET"):
         return 400, [], "WebSocket handshake must be a GET request"
     if version is None or version.strip() != b"13":
         return 426, [(b"sec-websocket-version", b"13")], "Unsupported WebSocket version"
+    if h2:
+        return None
     try:
         if key is None or len(base64.b64decode(key.strip(), validate=True)) != 16:
             raise ValueError
     except (ValueError, binascii.Error):
         return 400, [], "Missing or invalid Sec-WebSocket-Key"
     return None
+
+
+def upgrade_response(head: RequestHead, default_headers: bytes, headers: Headers) -> bytes:
+    """The HTTP/1.1 101 answer to a handshake the app accepted."""
+    key = next((value.strip() for name, value in head.headers if name == b"sec-websocket-key"))
+    lines = [
+        b"HTTP/1.1 101 Switching Protocols\r\n",
+        default_headers,
+        b"upgrade: websocket\r\nconnection: Upgrade\r\n",
+        b"sec-websocket-accept: " + accept_key(key.decode("ascii")).encode() + b"\r\n",
+    ]
+    lines.extend(name + b": " + value + b"\r\n" for name, value in headers)
+    lines.append(b"\r\n")
+    return b"".join(lines)
 
 
 def offered_subprotocols(head: RequestHead) -> list[str]:
@@ -103,14 +130,15 @@ class _ServerProtocol(ServerProtocol):
 class WebSocketSession(WebSocketStream, asyncio.Protocol):
     """One WebSocket connection; the transport's protocol after the handshake."""
 
-    def __init__(self, conn: Http1Connection, http: Stream) -> None:
+    def __init__(self, conn: WebSocketHost, http: Stream, transport: asyncio.Transport) -> None:
         self.conn = conn
         self.ctx: ServerContext = conn.ctx
         self.http = http
         self.head = http.head
         self.subprotocols = offered_subprotocols(self.head)
-        self.transport: asyncio.Transport = conn.transport
+        self.transport = transport  # the socket (HTTP/1.1) or one stream (HTTP/2, RFC 8441)
         self.loop = conn.loop
+        self._stream_drain = getattr(transport, "drain", None)
         self.proto: ServerProtocol | None = None  # set on accept
         self.accepted = False
         self._early: list[bytes] = []  # bytes after the handshake request, before accept
@@ -140,22 +168,14 @@ class WebSocketSession(WebSocketStream, asyncio.Protocol):
         if self.accepted or self._lost:
             raise ClientDisconnected("WebSocket already accepted or gone")
         config = self.ctx.config
-        key = b""
         offers: list[Any] = []
         for name, value in self.head.headers:
-            if name == b"sec-websocket-key":
-                key = value.strip()
-            elif name == b"sec-websocket-extensions" and config.ws_per_message_deflate:
+            if name == b"sec-websocket-extensions" and config.ws_per_message_deflate:
                 try:
                     offers.extend(parse_extension(value.decode("latin-1")))
                 except Exception:
                     logger.debug("ignoring malformed Sec-WebSocket-Extensions")
-        lines = [
-            b"HTTP/1.1 101 Switching Protocols\r\n",
-            self.ctx.default_headers,
-            b"upgrade: websocket\r\nconnection: Upgrade\r\n",
-            b"sec-websocket-accept: " + accept_key(key.decode("ascii")).encode() + b"\r\n",
-        ]
+        response: Headers = []
         extensions = []
         factory: ServerExtensionFactory = ServerPerMessageDeflateFactory(
             client_max_window_bits=None, compress_settings={"memLevel": 5}
@@ -169,22 +189,20 @@ class WebSocketSession(WebSocketStream, asyncio.Protocol):
                 continue  # NegotiationError: try the next offer
             extensions.append(extension)
             header = build_extension([(name, response_params)])
-            lines.append(b"sec-websocket-extensions: " + header.encode() + b"\r\n")
+            response.append((b"sec-websocket-extensions", header.encode()))
             break
         if subprotocol is not None:
-            lines.append(b"sec-websocket-protocol: " + subprotocol.encode() + b"\r\n")
+            response.append((b"sec-websocket-protocol", subprotocol.encode()))
         for name, value in headers:
-            if b"\r" in name + value or b"\n" in name + value:
-                raise ValueError("CR or LF in a WebSocket accept header")
-            lines.append(bytes(name) + b": " + bytes(value) + b"\r\n")
-        lines.append(b"\r\n")
+            if b"\r" in name + value or b"\n" in name + value or b"\x00" in name + value:
+                raise ValueError("CR, LF or NUL in a WebSocket accept header")
+            response.append((bytes(name), bytes(value)))
         proto = _ServerProtocol(state=State.OPEN, max_size=config.ws_max_message_size)
         proto.extensions = extensions
         self.proto = proto
         self.accepted = True
         self._last_seen = self.ctx.now
-        self.transport.write(b"".join(lines))
-        self.conn.upgrade_to(self)
+        self.conn.accept_websocket(self, response)
         early, self._early = self._early, []
         for data in early:
             self.data_received(data)
@@ -345,6 +363,8 @@ class WebSocketSession(WebSocketStream, asyncio.Protocol):
         else:
             proto.send_binary(data)
         self._flush()
+        if self._stream_drain is not None:  # HTTP/2: the stream's flow control
+            await self._stream_drain()
         while self._write_paused and not self._lost:
             waiter = self.loop.create_future()
             self._drain_waiters.append(waiter)
