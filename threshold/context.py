@@ -53,6 +53,7 @@ class ServerContext:
         "requests",
         "send_timeout",
         "shutting_down",
+        "threaded",
         "timeout_request",
         "tls_server_cert",
         "ws_handler",
@@ -69,6 +70,7 @@ class ServerContext:
         self.handler = handler
         self.ws_handler = ws_handler
         self.tls_server_cert: str | None = None  # PEM, for the ASGI tls extension
+        self.threaded = False  # apps run in threads that may write responses themselves
         self.access_log = access_log
         self.connections: set[Connection] = set()
         self.shutting_down = False

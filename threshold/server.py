@@ -130,6 +130,7 @@ class Server:
         access_log = AccessLog() if config.access_log else None
         ws_handler = handler.websocket if isinstance(handler, AsgiHandler) else None
         ctx = ServerContext(config, handler, access_log, ws_handler)
+        ctx.threaded = wsgi is not None
         try:
             ssl_context = create_ssl_context(config)
         except BindError as exc:
@@ -176,7 +177,8 @@ class Server:
                 aserver.close()
             # Connections accepted just before the stop may not be read yet: give the loop
             # a moment to read their first request, so it is served rather than cut off.
-            await asyncio.sleep(SHUTDOWN_SETTLE)
+            if ctx.connections:
+                await asyncio.sleep(SHUTDOWN_SETTLE)
             ctx.shutting_down = True
             for conn in list(ctx.connections):
                 conn.shutdown()

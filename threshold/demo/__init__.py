@@ -24,6 +24,7 @@ DOC_FILES = {
     "asgi.md": ROOT / "docs" / "asgi.md",
     "wsgi.md": ROOT / "docs" / "wsgi.md",
     "http1.md": ROOT / "docs" / "http1.md",
+    "http2.md": ROOT / "docs" / "http2.md",
     "benchmarks.md": ROOT / "docs" / "benchmarks.md",
 }
 IN_CHECKOUT = (ROOT / "pyproject.toml").is_file() and (ROOT / "docs" / "gen_options.py").is_file()

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
+import threading
 from collections import deque
 from http import HTTPStatus
 from time import perf_counter
@@ -63,7 +65,7 @@ def check_request_line(data: bytes) -> bool | None:
     start = 0
     while data.startswith(b"\r\n", start):
         start += 2  # empty lines before a request are allowed (RFC 9112 section 2.2)
-    end = data.find(b"\r\n", start, start + 16384)
+    end = data.find(b"\r\n", start)  # the line is bounded by limit_request_line (on_url)
     if end < 0:
         line = data[start:]
         if b"  " in line or line[:1] == b" ":
@@ -300,6 +302,14 @@ class Http1Stream(Stream):
         parts.append(b"\r\n")
 
     def send_body(self, data: bytes, more: bool) -> None:
+        out = self._render(data, more)
+        if out:
+            self.conn.transport.write(out)
+        if not more:
+            self._finish()
+
+    def _render(self, data: bytes, more: bool) -> bytes:
+        """The bytes for this body chunk (and the head before the first), framed."""
         if self._finished:
             raise RuntimeError("response already complete")
         if self._disconnected:
@@ -336,10 +346,68 @@ class Http1Stream(Stream):
             ):
                 # The app lied about content-length; the framing is broken.
                 self.keep_alive = False
-        if out:
-            self.conn.transport.write(out[0] if len(out) == 1 else b"".join(out))
-        if not more:
-            self._finish()
+        if not out:
+            return b""
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def send_threadsafe(
+        self, status: int, headers: Headers | None, body: bytes, more: bool
+    ) -> None:
+        """A whole response from a WSGI thread: written straight to the socket when
+        nothing else is in flight on it, so the common case needs no hop to the loop
+        (DESIGN.md, WSGI probe); otherwise handed to the loop."""
+        conn = self.conn
+        lock = conn._lock
+        if more or headers is None or lock is None or conn._fd < 0:
+            super().send_threadsafe(status, headers, body, more)
+            return
+        with lock:
+            if (
+                conn._active is not self
+                or conn._queue
+                or conn._closing
+                or conn._reading_paused
+                or conn._write_paused
+                or self._finished
+                or self._disconnected
+                or not self._body_done
+                or conn.transport.get_write_buffer_size()
+            ):
+                data = None
+            else:
+                try:
+                    self.send_head(status, headers)
+                    data = self._render(body, False)
+                except (ValueError, RuntimeError, ClientDisconnected):
+                    data = None
+                    self._head_parts = None
+            if data is not None:
+                if not self.keep_alive:
+                    written = 0  # the loop closes the connection after writing
+                else:
+                    try:
+                        written = os.write(conn._fd, data)
+                    except OSError:
+                        written = 0  # EAGAIN, or a broken connection the loop will see
+                if written == len(data):
+                    self._finished = True
+                    conn._active = None
+                else:
+                    conn.loop.call_soon_threadsafe(self._write_rest, data[written:])
+                    return
+        if data is None:
+            super().send_threadsafe(status, headers, body, more)
+            return
+        access_log = conn.ctx.access_log
+        if access_log is not None:
+            access_log(self, self.status, self.body_sent, perf_counter() - self.start_time)
+
+    def _write_rest(self, data: bytes) -> None:
+        """Loop side of a direct write that did not go out whole."""
+        if self._disconnected:
+            return
+        self.conn.transport.write(data)
+        self._finish()
 
     def _finish(self) -> None:
         self._finished = True
@@ -427,6 +495,8 @@ class Http1Connection(asyncio.Protocol):
         "_error_headers",
         "_error_status",
         "_expect_100",
+        "_fd",
+        "_field_bytes",
         "_h2_check",
         "_h2_seen",
         "_h2c_head",
@@ -435,6 +505,7 @@ class Http1Connection(asyncio.Protocol):
         "_hosts",
         "_idle_since",
         "_line",
+        "_lock",
         "_queue",
         "_reading_paused",
         "_server",
@@ -468,6 +539,7 @@ class Http1Connection(asyncio.Protocol):
         self._transfer_encoding: bytes | None = None
         self._line: bytes | None = None  # a request line still arriving (see data_received)
         self._head_started = -1.0
+        self._field_bytes = 0  # bytes of the head line still arriving (_bound_field)
         self._expect_100 = False
         self._current: Http1Stream | None = None  # being parsed
         self._active: Http1Stream | None = None  # being served by the app
@@ -483,6 +555,10 @@ class Http1Connection(asyncio.Protocol):
         self._upgrade: bytes | None = None
         self._ws: WebSocketSession | None = None
         self._h2c_head: RequestHead | None = None
+        # WSGI threads may write whole responses to the socket themselves (see
+        # Http1Stream.send_threadsafe); the lock orders that against new requests.
+        self._lock = threading.Lock() if ctx.threaded else None
+        self._fd = -1
         # Cleartext with HTTP/2 enabled: look for the prior-knowledge preface first.
         self._h2_check = ctx.config.http != "1"
         self._h2_seen = b""
@@ -497,6 +573,10 @@ class Http1Connection(asyncio.Protocol):
         self._server = _address(transport.get_extra_info("sockname"))
         ctx = self.ctx
         ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is None and self._lock is not None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                self._fd = sock.fileno()
         if ssl_object is not None:
             self.scheme = "https"
             self.extensions = tls_extension(ssl_object, ctx.tls_server_cert)
@@ -538,12 +618,16 @@ class Http1Connection(asyncio.Protocol):
                 line = self._line
                 if line is not None or self._head_started < 0:
                     # The first request of this read starts at data[0]: check its line.
+                    if self._head_started < 0:
+                        self._field_bytes = 0
                     line = data if line is None else line + data
                     ok = check_request_line(line)
                     if ok is False:
                         raise RequestRejected(400, "malformed request line")
                     self._line = line if ok is None else None
                 self.parser.feed_data(data)
+                if self._head_started >= 0:
+                    self._bound_field(data)
             elif current._overhead >= 0:
                 # Inside a chunked body: bytes that are neither chunk data nor framing are
                 # chunk extensions, which llhttp skips; bound them (CVE-2024-22019 class).
@@ -583,6 +667,23 @@ class Http1Connection(asyncio.Protocol):
             else:
                 logger.debug("bad request from %s: %s", self._client, exc)
                 self._protocol_error(400, "")
+
+    def _bound_field(self, data: bytes) -> None:
+        """Bound the head line still arriving: httptools joins a field's pieces until its
+        line ends (quadratic copies), and on_header sees it only then, so an endless field
+        would grow until header_timeout without this."""
+        size = self._field_bytes
+        end = data.rfind(b"\n")
+        if size < 0:
+            size = 0  # a head ended in this read: where the next one began is unknown
+        elif end < 0:
+            size += len(data)
+        else:
+            size = len(data) - end - 1
+        self._field_bytes = size
+        ctx = self.ctx
+        if size > max(ctx.limit_field_size, ctx.limit_line) + 256:  # + room for OWS
+            raise RequestRejected(431, "header field larger than limit_request_field_size")
 
     def eof_received(self) -> bool | None:
         # EOF means the client is gone (as for uvicorn, gunicorn): a half-closing
@@ -625,6 +726,10 @@ class Http1Connection(asyncio.Protocol):
             raise RequestRejected(414, "request target longer than limit_request_line")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._current is not None:
+            # A trailer field after a chunked body: dropped, never merged into the head the
+            # app already holds (RFC 9110 section 6.5.1); data_received bounds its bytes.
+            return
         ctx = self.ctx
         name = name.lower()
         if value[-1:] in b" \t" and value:
@@ -649,6 +754,7 @@ class Http1Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         parser = self.parser
         self._head_started = -1.0
+        self._field_bytes = -1  # a head ended in this read (see _bound_field)
         version = parser.get_http_version()
         if version != "1.1":
             if version != "1.0":
@@ -708,13 +814,23 @@ class Http1Connection(asyncio.Protocol):
         if self._transfer_encoding is not None:
             stream._overhead = 0  # count chunk framing from the first byte (data_received)
         self._current = stream
-        if self._active is None:
+        lock = self._lock
+        if lock is not None:
+            lock.acquire()  # a WSGI thread may be completing the active response
+        try:
+            start = self._active is None
+            if start:
+                self._active = stream
+            else:
+                if self._queue is None:
+                    self._queue = deque()
+                self._queue.append(stream)
+                self._pause_reading()
+        finally:
+            if lock is not None:
+                lock.release()
+        if start:
             self._start(stream)
-        else:
-            if self._queue is None:
-                self._queue = deque()
-            self._queue.append(stream)
-            self._pause_reading()
 
     def _websocket(self, head: RequestHead) -> None:
         """An Upgrade: websocket request: the app decides (ASGI) via a WebSocketSession."""
@@ -961,6 +1077,14 @@ class Http1Connection(asyncio.Protocol):
         if self._closing:
             return
         idle_since = self._idle_since
+        if (
+            idle_since < 0
+            and self._active is None
+            and self._current is None
+            and self._head_started < 0
+        ):
+            # A response a WSGI thread completed itself: idle from now on.
+            self._idle_since = idle_since = now
         if idle_since >= 0:
             # idle_since is ctx.now, up to a tick older than the moment the connection
             # went idle: allow that tick, or a connection may close right after a response.

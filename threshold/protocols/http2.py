@@ -21,6 +21,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
+from hyperframe.frame import GoAwayFrame
 
 from threshold.context import ServerContext
 from threshold.protocols.websocket import WebSocketSession, handshake_error
@@ -289,6 +290,7 @@ class Http2Connection(asyncio.Protocol):
             },
         )
         self.h2.decoder.max_header_list_size = config.h2_max_header_list_size
+        self.h2.max_inbound_frame_size = config.h2_max_frame_size  # h2 read it before we set it
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.streams: dict[int, Http2Stream] = {}
         self.scheme = "http"
@@ -656,6 +658,7 @@ class Http2Connection(asyncio.Protocol):
     def _close(self) -> None:
         self._closing = True
         if not self.transport.is_closing():
+            self._write()  # what h2 still holds, e.g. the last stream's final DATA
             self.transport.close()
 
     def _refresh_default_headers(self) -> None:
@@ -673,10 +676,12 @@ class Http2Connection(asyncio.Protocol):
         if self._goaway_sent or self._closing:
             return
         self._goaway_sent = True
-        self.h2.close_connection(
-            ErrorCodes.NO_ERROR, last_stream_id=self.h2.highest_inbound_stream_id
-        )
+        # Framed by hand: h2's close_connection() closes its state machine, which
+        # fails the in-flight streams that must still finish (RFC 9113 section 6.8).
         self._write()
+        if not self.transport.is_closing():
+            last = self.h2.highest_inbound_stream_id
+            self.transport.write(GoAwayFrame(0, last_stream_id=last, error_code=0).serialize())
         if not self.streams:
             self._close()
 
