@@ -96,6 +96,13 @@ class Server:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._stop = asyncio.Event()
+        # Before the app starts (lifespan, WSGI threads): a bad certificate stops us cleanly.
+        try:
+            ssl_context = create_ssl_context(config)
+        except BindError as exc:
+            logger.error("%s", exc)
+            self.exit_code = EXIT_STARTUP_FAILED
+            return
 
         app = load_app(config.app, factory=config.factory, app_dir=config.app_dir)
         interface = config.interface
@@ -131,12 +138,6 @@ class Server:
         ws_handler = handler.websocket if isinstance(handler, AsgiHandler) else None
         ctx = ServerContext(config, handler, access_log, ws_handler)
         ctx.threaded = wsgi is not None
-        try:
-            ssl_context = create_ssl_context(config)
-        except BindError as exc:
-            logger.error("%s", exc)
-            self.exit_code = EXIT_STARTUP_FAILED
-            return
         if ssl_context is not None:
             with open(config.certfile) as f:
                 ctx.tls_server_cert = f.read()

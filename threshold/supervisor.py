@@ -70,8 +70,21 @@ def run_config(
     configure_logging(config.log_level)
     if config.workers != 1 or config.reload or config.max_requests:
         return Supervisor(config, argv, reparse).run()
-    with PidFile(config.pid):
-        return run_server(Server(config))
+    # One process: the same umask and bind-then-drop-privileges order as a master.
+    if config.umask:
+        os.umask(int(config.umask, 8))
+    try:
+        listeners = bind_listeners(config)
+    except BindError as exc:
+        logger.error("%s", exc)
+        return EXIT_STARTUP_FAILED
+    try:
+        drop_privileges(config.user, config.group)
+        with PidFile(config.pid):
+            return run_server(Server(config, listeners))
+    finally:
+        for listener in listeners:
+            listener.close()
 
 
 def run(app: Any, **options: Any) -> int:
@@ -130,6 +143,7 @@ class WorkerProcess:
         "retiring",
         "started",
         "stopping",
+        "timed_out",
     )
 
     def __init__(
@@ -145,6 +159,7 @@ class WorkerProcess:
         self.retire_now = False  # to be stopped without waiting (TTOU, --reload)
         self.stopping = False  # a stop signal was sent
         self.kill_at = 0.0  # when to SIGKILL if it has not exited
+        self.timed_out = False  # killed as silent before it was ready: a boot failure
 
     def beat(self) -> float:
         if self.heartbeat is None:
@@ -382,6 +397,7 @@ class Supervisor:
                     limit,
                 )
                 _kill(worker.pid, signal.SIGABRT)
+                worker.timed_out = not worker.ready
                 worker.retiring = worker.retire_now = worker.stopping = True
                 worker.kill_at = now + 1.0
 
@@ -448,7 +464,7 @@ class Supervisor:
                 worker.heartbeat.close()
             code = os.waitstatus_to_exitcode(status)
             how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
-            if worker.stopping or self._stopping:
+            if (worker.stopping and not worker.timed_out) or self._stopping:
                 logger.info("Worker %d stopped (%s)", pid, how)
                 continue
             now = time.monotonic()

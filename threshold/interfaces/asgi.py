@@ -128,7 +128,10 @@ class AsgiHttpCycle:
                 raise
             return
         if not self._complete:
-            if not self._started:
+            if stream.disconnected:
+                logger.debug("ASGI application returned after its client went away")
+                stream.abort()
+            elif not self._started:
                 logger.error("ASGI application returned without starting a response")
                 if not stream.send_error(500):
                     stream.abort()

@@ -54,6 +54,10 @@ STATUS_LINES = {status.value: _status_line(status.value) for status in HTTPStatu
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _METHOD_SP = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [^ ]")
+# RFC 3986 uri-host [ ":" port ]: an IP literal, or a reg-name (which may be empty).
+_HOST = re.compile(
+    rb"(?:\[[0-9A-Za-z\-._~!$&'()*+,;=:%]+\]|[0-9A-Za-z\-._~!$&'()*+,;=%]*)(?::[0-9]*)?"
+)
 
 
 def check_request_line(data: bytes) -> bool | None:
@@ -239,6 +243,9 @@ class Http1Stream(Stream):
     # -- response ---------------------------------------------------------------
 
     def send_head(self, status: int, headers: Headers) -> None:
+        if self._disconnected:
+            # Also after the server answered for the app (413, 400, 504): not an app bug.
+            raise ClientDisconnected("client disconnected")
         if self._head_parts is not None or self._head_written:
             raise RuntimeError("response already started")
         status_line = STATUS_LINES.get(status)
@@ -310,10 +317,10 @@ class Http1Stream(Stream):
 
     def _render(self, data: bytes, more: bool) -> bytes:
         """The bytes for this body chunk (and the head before the first), framed."""
-        if self._finished:
-            raise RuntimeError("response already complete")
         if self._disconnected:
             raise ClientDisconnected("client disconnected")
+        if self._finished:
+            raise RuntimeError("response already complete")
         if not self._head_written:
             if self._head_parts is None:
                 raise RuntimeError("body sent before the response head")
@@ -577,6 +584,12 @@ class Http1Connection(asyncio.Protocol):
             sock = transport.get_extra_info("socket")
             if sock is not None:
                 self._fd = sock.fileno()
+        if len(ctx.connections) >= ctx.config.max_connections or ctx.shutting_down:
+            # Over --max-connections (or stopping): say so instead of leaving it hanging.
+            self._closing = True
+            self._write_error(503)
+            self.transport.close()
+            return
         if ssl_object is not None:
             self.scheme = "https"
             self.extensions = tls_extension(ssl_object, ctx.tls_server_cert)
@@ -585,12 +598,6 @@ class Http1Connection(asyncio.Protocol):
             if ssl_object.selected_alpn_protocol() == "h2":
                 self._switch_to_h2(b"")
                 return
-        if len(ctx.connections) >= ctx.config.max_connections or ctx.shutting_down:
-            # Over --max-connections (or stopping): say so instead of leaving it hanging.
-            self._closing = True
-            self._write_error(503)
-            self.transport.close()
-            return
         ctx.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -609,44 +616,67 @@ class Http1Connection(asyncio.Protocol):
         self.parser = None  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        ws = self._ws
+        if ws is not None:
+            # Upgraded, not yet accepted: read on, so a client that leaves is seen (accept
+            # then raises), and hold the bytes for the session up to a bound.
+            if ws.early_data(data) > BODY_HIGH_WATER:
+                self._pause_reading()
+            return
         current = self._current
         # The first bytes of a connection: HTTP/2 with prior knowledge?
         if self._h2_check and not self._h2_preface_check(data):
             return
         try:
-            if current is None:
-                line = self._line
-                if line is not None or self._head_started < 0:
-                    # The first request of this read starts at data[0]: check its line.
-                    if self._head_started < 0:
-                        self._field_bytes = 0
-                    line = data if line is None else line + data
-                    ok = check_request_line(line)
-                    if ok is False:
-                        raise RequestRejected(400, "malformed request line")
-                    self._line = line if ok is None else None
-                self.parser.feed_data(data)
-                if self._head_started >= 0:
-                    self._bound_field(data)
-            elif current._overhead >= 0:
-                # Inside a chunked body: bytes that are neither chunk data nor framing are
-                # chunk extensions, which llhttp skips; bound them (CVE-2024-22019 class).
-                before = current._received
-                self.parser.feed_data(data)
-                if self._current is current:
-                    current._overhead += len(data) - (current._received - before)
+            # One head or one body per feed, so that a request pipelined in the same read
+            # has its line checked and a chunked body its extensions counted. A head or a
+            # chunked body ends at CRLF CRLF (perhaps begun in the last read), a body with a
+            # Content-Length where it says; a split too many costs only a call.
+            while data:
+                if current is None or current._overhead >= 0:
+                    end = data.find(b"\n", 0, 3) + 1
+                    if not end:
+                        end = data.find(b"\r\n\r\n")
+                        end = 0 if end < 0 else end + 4
+                else:
+                    end = int(self._content_length or 0) - current._received
+                piece = data[:end] if 0 < end < len(data) else data
+                if current is None:
+                    line = self._line
+                    if line is not None or self._head_started < 0:
+                        # A request starts at piece[0]: check its line.
+                        if self._head_started < 0:
+                            self._field_bytes = 0
+                        line = piece if line is None else line + piece
+                        ok = check_request_line(line)
+                        if ok is False:
+                            raise RequestRejected(400, "malformed request line")
+                        self._line = line if ok is None else None
+                    self.parser.feed_data(piece)
+                    if self._head_started >= 0:
+                        self._bound_field(piece)
+                elif current._overhead >= 0:
+                    # Inside a chunked body: bytes that are neither chunk data nor framing
+                    # are chunk extensions, which llhttp skips; bound them (CVE-2024-22019
+                    # class). A piece ends where the body does if it ends in this read.
+                    before = current._received
+                    self.parser.feed_data(piece)
+                    current._overhead += len(piece) - (current._received - before)
                     if current._overhead > current._chunks * 24 + self.ctx.limit_field_size:
+                        self._current = current  # answered as a body that broke off
                         raise RequestRejected(400, "chunk extensions too large")
-            else:
-                self.parser.feed_data(data)
+                else:
+                    self.parser.feed_data(piece)
+                data = data[len(piece) :]
+                current = self._current
         except RequestRejected as exc:
             logger.debug("rejected request from %s: %d %s", self._client, exc.status, exc)
             self._protocol_error(exc.status, str(exc), exc.headers)
         except httptools.HttpParserUpgrade as exc:
             ws = self._ws
             if ws is not None:
-                ws.early_data(data[exc.args[0] :])
-                self._pause_reading()
+                if ws.early_data(data[exc.args[0] :]) > BODY_HIGH_WATER:
+                    self._pause_reading()
                 return
             if self._h2c_head is not None:
                 self._upgrade_h2c(data[exc.args[0] :])
@@ -742,10 +772,14 @@ class Http1Connection(asyncio.Protocol):
             raise RequestRejected(431, "header field larger than limit_request_field_size")
         if name == b"host":
             self._hosts += 1
+            if _HOST.fullmatch(value) is None:  # RFC 9112 section 3.2: 400
+                raise RequestRejected(400, "invalid Host header")
         elif name == b"content-length":
             self._content_length = value
         elif name == b"transfer-encoding":
-            self._transfer_encoding = value
+            # Field lines combine (RFC 9110 section 5.3): "gzip" then "chunked" is not chunked.
+            te = self._transfer_encoding
+            self._transfer_encoding = value if te is None else te + b", " + value
         elif name == b"upgrade":
             self._upgrade = value
         elif name == b"expect" and value.lower() == b"100-continue":

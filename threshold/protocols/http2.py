@@ -190,11 +190,13 @@ class Http2Stream(Stream):
         if head is not None:
             self._head = None
             self._head_sent = True
-            if self._is_head or self.status in NO_BODY_STATUS:
+            # HEAD gets the content-length GET would have; 204 and 304 get none.
+            bodiless = self.status in NO_BODY_STATUS
+            if not more and data and not bodiless and all(n != b"content-length" for n, _ in head):
+                head.append((b"content-length", b"%d" % len(data)))
+            if self._is_head or bodiless:
                 data = b""
             ended = not more and not data
-            if not more and data and not any(n == b"content-length" for n, _ in head):
-                head.append((b"content-length", b"%d" % len(data)))
             conn._send_headers(self.stream_id, head, ended)
         elif not self._head_sent:
             raise RuntimeError("body sent before the response head")

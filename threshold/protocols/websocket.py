@@ -159,10 +159,12 @@ class WebSocketSession(WebSocketStream, asyncio.Protocol):
 
     # -- handshake ------------------------------------------------------------------
 
-    def early_data(self, data: bytes) -> None:
-        """Bytes the client sent after its handshake request (fed once accepted)."""
+    def early_data(self, data: bytes) -> int:
+        """Bytes the client sent after its handshake request (fed once accepted); the
+        total held so far."""
         if data:
             self._early.append(data)
+        return sum(map(len, self._early))
 
     async def accept(self, subprotocol: str | None, headers: Headers) -> None:
         if self.accepted or self._lost:
@@ -216,6 +218,9 @@ class WebSocketSession(WebSocketStream, asyncio.Protocol):
         proto.receive_data(data)
         for frame in proto.events_received():
             self._frame(cast(Frame, frame))
+        if proto.parser_exc is not None and proto.close_sent is not None:
+            # The library failed the connection (1002, 1007, 1009...): the app sees that code.
+            self._set_closed(proto.close_sent.code, proto.close_sent.reason)
         self._flush()
 
     def eof_received(self) -> bool | None:
