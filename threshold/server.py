@@ -78,8 +78,10 @@ class Server:
 
     def _on_signal(self) -> None:
         assert self._stop is not None
-        if self._stop.is_set():
-            self._force = True  # a second signal skips the graceful wait
+        # A second signal skips the graceful wait; not in a supervised worker, where
+        # Ctrl-C or systemd reach it besides its master (which says "now" by SIGQUIT).
+        if self._stop.is_set() and self.hooks is None:
+            self._force = True
             logger.info("Second signal: closing connections now")
         self._stop.set()
 
