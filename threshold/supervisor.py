@@ -207,14 +207,20 @@ class Supervisor:
         except BindError as exc:
             logger.error("%s", exc)
             return EXIT_STARTUP_FAILED
+        drop_privileges(config.user, config.group)  # before --preload runs any app code
         if config.preload:
             try:
                 app = load_app(config.app, factory=config.factory, app_dir=config.app_dir)
             except LoadError as exc:
                 logger.error("%s", exc)
-                return EXIT_LOAD_FAILED
-            self.config = config.replace(app=app, factory=False)
-        drop_privileges(config.user, config.group)
+                if not os.environ.get(RETIRE_ENV):
+                    return EXIT_LOAD_FAILED
+                # Re-executed by HUP onto broken code: orphaning the old workers would be
+                # worse than keeping them; the next HUP tries again.
+                logger.error("Reload failed: the old workers keep serving; fix it and send HUP")
+                self._spawn_blocked = True
+            else:
+                self.config = config.replace(app=app, factory=False)
         self._wakeup_r, self._wakeup_w = os.pipe()
         os.set_blocking(self._wakeup_r, False)
         os.set_blocking(self._wakeup_w, False)

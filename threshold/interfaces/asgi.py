@@ -119,7 +119,7 @@ class AsgiHttpCycle:
             logger.error(
                 "Exception in ASGI application (%s %s)",
                 scope["method"],
-                scope["path"],
+                stream.head.raw_path.decode("latin-1"),  # as sent: no decoded CR/LF in logs
                 exc_info=exc,
             )
             if not stream.send_error(500):
@@ -208,7 +208,9 @@ class AsgiWebSocketCycle:
             raise
         except BaseException as exc:
             logger.error(
-                "Exception in ASGI application (WebSocket %s)", scope["path"], exc_info=exc
+                "Exception in ASGI application (WebSocket %s)",
+                ws.head.raw_path.decode("latin-1"),
+                exc_info=exc,
             )
             await self._fail()
             if not isinstance(exc, Exception):

@@ -426,7 +426,7 @@ class WsgiHandler:
             logger.error(
                 "Exception in WSGI application (%s %s)",
                 environ["REQUEST_METHOD"],
-                environ["PATH_INFO"],
+                environ["RAW_URI"],  # as sent: no decoded CR/LF in logs
                 exc_info=exc,
             )
             response.fail()

@@ -493,10 +493,13 @@ class Http1Connection(asyncio.Protocol):
 
     __slots__ = (
         "_active",
+        "_body_only",
         "_client",
         "_closing",
         "_content_length",
         "_current",
+        "_declined",
+        "_declined_framing",
         "_drain_waiters",
         "_error_detail",
         "_error_headers",
@@ -562,6 +565,9 @@ class Http1Connection(asyncio.Protocol):
         self._upgrade: bytes | None = None
         self._ws: WebSocketSession | None = None
         self._h2c_head: RequestHead | None = None
+        self._declined: Http1Stream | None = None  # an Upgrade request we serve as HTTP
+        self._declined_framing: tuple[bytes | None, bytes | None] = (None, None)
+        self._body_only: Http1Stream | None = None
         # WSGI threads may write whole responses to the socket themselves (see
         # Http1Stream.send_threadsafe); the lock orders that against new requests.
         self._lock = threading.Lock() if ctx.threaded else None
@@ -681,14 +687,7 @@ class Http1Connection(asyncio.Protocol):
             if self._h2c_head is not None:
                 self._upgrade_h2c(data[exc.args[0] :])
                 return
-            # Upgrades (WebSocket, h2c) are not served yet: answer the request
-            # as plain HTTP and read nothing more from this connection.
-            stream = self._current or self._active
-            if stream is not None:
-                stream.keep_alive = False
-            if self._queue:
-                self._queue[-1].keep_alive = False
-            self._pause_reading()
+            self._declined_upgrade(data[exc.args[0] :])
         except httptools.HttpParserError as exc:
             cause = exc.__context__
             if isinstance(cause, RequestRejected):
@@ -697,6 +696,25 @@ class Http1Connection(asyncio.Protocol):
             else:
                 logger.debug("bad request from %s: %s", self._client, exc)
                 self._protocol_error(400, "")
+
+    def _declined_upgrade(self, rest: bytes) -> None:
+        """An Upgrade we do not take (an unknown protocol, h2c with a body): serve the
+        request as plain HTTP (RFC 9110 section 7.8), then close. llhttp ended the
+        message at its head, so its body, if any, is read through a fresh parser."""
+        stream, self._declined = self._declined, None
+        if stream is None:
+            self._pause_reading()
+            return
+        stream.keep_alive = False
+        length, coding = self._declined_framing
+        if coding is None and length in (None, b"0"):
+            self._pause_reading()
+            return
+        stream._body_done = False
+        self._body_only = stream
+        self.parser = httptools.HttpRequestParser(self)
+        framing = b"transfer-encoding: chunked" if coding else b"content-length: %s" % length
+        self.data_received(b"POST / HTTP/1.1\r\nhost: x\r\n" + framing + b"\r\n\r\n" + rest)
 
     def _bound_field(self, data: bytes) -> None:
         """Bound the head line still arriving: httptools joins a field's pieces until its
@@ -788,6 +806,14 @@ class Http1Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         parser = self.parser
         self._head_started = -1.0
+        body_only = self._body_only
+        if body_only is not None:
+            # The synthetic head of a declined upgrade's body (see _declined_upgrade).
+            self._body_only = None
+            self._current = body_only
+            if self._transfer_encoding is not None:
+                body_only._overhead = 0
+            return
         self._field_bytes = -1  # a head ended in this read (see _bound_field)
         version = parser.get_http_version()
         if version != "1.1":
@@ -845,6 +871,10 @@ class Http1Connection(asyncio.Protocol):
                 self._h2c_head = head
                 return
         stream = Http1Stream(self, head, parser.should_keep_alive(), self._expect_100)
+        if upgrade is not None:
+            # llhttp will end this message at its head (it expects an upgrade).
+            self._declined = stream
+            self._declined_framing = (self._content_length, self._transfer_encoding)
         if self._transfer_encoding is not None:
             stream._overhead = 0  # count chunk framing from the first byte (data_received)
         self._current = stream

@@ -19,8 +19,11 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import h2.frame_buffer
 import h2.settings
+import hpack.exceptions
 from h2.errors import ErrorCodes
+from hyperframe.exceptions import InvalidDataError
 from hyperframe.frame import GoAwayFrame
 
 from threshold.context import ServerContext
@@ -39,14 +42,43 @@ WRITE_LOW_WATER = 64 * 1024
 CONNECTION_WINDOW = 16 * 1024 * 1024  # per connection; per stream is --h2-initial-window-size
 
 
+class _FrameBuffer(h2.frame_buffer.FrameBuffer):
+    """h2's frame reader with RFC 9113 section 6.5's error code: a SETTINGS ACK
+    with a payload is a FRAME_SIZE_ERROR (h2 reports PROTOCOL_ERROR)."""
+
+    def __next__(self) -> Any:
+        try:
+            return super().__next__()
+        except h2.exceptions.ProtocolError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, InvalidDataError) and "SETTINGS ack" in str(cause):
+                exc.error_code = ErrorCodes.FRAME_SIZE_ERROR
+            raise
+
+
 class _H2Connection(h2.connection.H2Connection):
     """h2 with stream-count enforcement left to us, so excess streams get
-    REFUSED_STREAM (retryable) instead of a connection-killing PROTOCOL_ERROR."""
+    REFUSED_STREAM (retryable) instead of a connection-killing PROTOCOL_ERROR,
+    and HPACK failures reported as COMPRESSION_ERROR (RFC 9113 section 4.3)."""
+
+    def __init__(self, config: h2.config.H2Configuration) -> None:
+        super().__init__(config)
+        self.incoming_buffer = _FrameBuffer(server=True)
 
     @property
     def open_inbound_streams(self) -> int:
         super().open_inbound_streams  # noqa: B018 - h2 cleans up closed streams here
         return 0
+
+    def _receive_headers_frame(self, frame: Any) -> Any:
+        try:
+            return super()._receive_headers_frame(frame)
+        except h2.exceptions.ProtocolError as exc:
+            if isinstance(exc.__cause__, hpack.exceptions.HPACKError | IndexError) and not (
+                isinstance(exc, h2.exceptions.DenialOfServiceError)
+            ):
+                exc.error_code = ErrorCodes.COMPRESSION_ERROR
+            raise
 
 
 class Http2Stream(Stream):
