@@ -9,6 +9,7 @@ these fields, so they cannot drift apart.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -103,6 +104,24 @@ class Config:
         "ASGI lifespan protocol: on (startup failure stops the server), off, or auto "
         "(used when the app supports it).",
         choices=("auto", "on", "off"),
+    )
+    proxy_headers: bool = option(
+        True,
+        "Believe Forwarded / X-Forwarded-For, -Proto, -Host, -Port, -Prefix from the peers "
+        "in --forwarded-allow-ips (client address, scheme, host, root path).",
+    )
+    forwarded_allow_ips: list[str] = option(
+        ["127.0.0.1", "::1"],
+        "Trusted proxies: IPs and CIDRs, * for any, unix for unix-socket peers. Comma-separated "
+        "or repeated.",
+        multiple=True,
+        metavar="IPS",
+    )
+    proxy_protocol: str = option(
+        "off",
+        "Expect a HAProxy PROXY protocol header (v1, v2, or auto for either) on every "
+        "connection, from --forwarded-allow-ips peers only; it works in front of TLS too.",
+        choices=("off", "v1", "v2", "auto"),
     )
     root_path: str = option(
         "", "Path prefix the app is mounted at (ASGI root_path, WSGI SCRIPT_NAME)."
@@ -364,6 +383,16 @@ class Config:
             raise ConfigError("certfile: required when keyfile or ca_certs is given")
         if self.cert_reqs != "none" and not self.ca_certs:
             raise ConfigError("ca_certs: required when cert_reqs is optional or required")
+        for entry in (
+            part.strip() for item in self.forwarded_allow_ips for part in item.split(",")
+        ):
+            if entry and entry not in ("*", "unix"):
+                try:
+                    ipaddress.ip_network(entry, strict=False)
+                except ValueError:
+                    raise ConfigError(
+                        f"forwarded_allow_ips: {entry!r} is not an IP address or network"
+                    ) from None
         for name in ("umask", "unix_socket_mode"):
             text = getattr(self, name)
             if text:

@@ -9,8 +9,10 @@ import ssl
 import threading
 from typing import Any
 
+from threshold import forwarded
 from threshold.config import Config
 from threshold.context import ServerContext
+from threshold.forwarded import TrustedProxies
 from threshold.interfaces.asgi import REQUEST_TASK_NAME, AsgiHandler
 from threshold.interfaces.lifespan import Lifespan, LifespanFailure
 from threshold.interfaces.wsgi import WsgiHandler
@@ -18,6 +20,7 @@ from threshold.loader import LoadError, asgi2_to_asgi3, detect_interface, load_a
 from threshold.net import BindError, Listener, bind_listeners, create_ssl_context
 from threshold.observe.logs import AccessLog, reopen_log_files
 from threshold.protocols.http1 import Http1Connection
+from threshold.proxied import ProxiedAcceptor
 
 logger = logging.getLogger("threshold.error")
 
@@ -137,7 +140,12 @@ class Server:
             handler = AsgiHandler(app, loop, config.root_path, state)
 
         access_log = AccessLog() if config.access_log else None
-        ws_handler = handler.websocket if isinstance(handler, AsgiHandler) else None
+        ws_handler: Any = handler.websocket if isinstance(handler, AsgiHandler) else None
+        if config.proxy_headers:
+            trusted = TrustedProxies(config.forwarded_allow_ips)
+            handler = forwarded.wrap(handler, trusted)
+            if ws_handler is not None:
+                ws_handler = forwarded.wrap(ws_handler, trusted)
         ctx = ServerContext(config, handler, access_log, ws_handler)
         ctx.threaded = wsgi is not None
         if ssl_context is not None:
@@ -146,6 +154,7 @@ class Server:
             loop.set_exception_handler(_quiet_tls_errors)
         scheme = "https" if ssl_context is not None else "http"
         servers: list[asyncio.AbstractServer] = []
+        accepting: list[asyncio.Task[None]] = []  # PROXY protocol accept loops
         try:
             try:
                 self.listeners = self._given_listeners or bind_listeners(config)
@@ -159,15 +168,29 @@ class Server:
                     loop.add_signal_handler(sig, self._on_signal)
                 loop.add_signal_handler(signal.SIGQUIT, self._on_quit)
                 loop.add_signal_handler(signal.SIGUSR1, reopen_log_files)
-            for listener in self.listeners:
-                servers.append(
-                    await loop.create_server(
-                        lambda: Http1Connection(ctx, loop),
-                        sock=listener.sock,
-                        backlog=config.backlog,
-                        ssl=ssl_context,
-                    )
+            acceptor = None
+            if config.proxy_protocol != "off":
+                acceptor = ProxiedAcceptor(
+                    loop,
+                    config.proxy_protocol,
+                    TrustedProxies(config.forwarded_allow_ips),
+                    config.header_timeout,
+                    lambda sock, header: loop.connect_accepted_socket(
+                        lambda: Http1Connection(ctx, loop, header), sock, ssl=ssl_context
+                    ),
                 )
+            for listener in self.listeners:
+                if acceptor is not None:
+                    accepting.append(loop.create_task(acceptor.serve(listener.sock)))
+                else:
+                    servers.append(
+                        await loop.create_server(
+                            lambda: Http1Connection(ctx, loop),
+                            sock=listener.sock,
+                            backlog=config.backlog,
+                            ssl=ssl_context,
+                        )
+                    )
                 logger.info("Listening on %s (%s)", listener.url(scheme), interface)
             ticker = loop.create_task(self._tick(ctx))
             self.started.set()
@@ -178,6 +201,11 @@ class Server:
             logger.info("Shutting down")
             for aserver in servers:
                 aserver.close()
+            for task in accepting:
+                task.cancel()
+            if acceptor is not None:
+                for task in list(acceptor.tasks):
+                    task.cancel()
             # Connections accepted just before the stop may not be read yet: give the loop
             # a moment to read their first request, so it is served rather than cut off.
             if ctx.connections:

@@ -51,6 +51,7 @@ class RequestHead:
         "method",
         "query_string",
         "raw_path",
+        "root_path",
         "scheme",
         "server",
     )
@@ -74,6 +75,7 @@ class RequestHead:
         self.scheme = scheme  # "http" or "https"
         self.client = client
         self.server = server
+        self.root_path: str | None = None  # set from X-Forwarded-Prefix (trusted proxies)
 
 
 class Stream:

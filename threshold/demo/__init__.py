@@ -82,7 +82,7 @@ CHAT_SECURITY_HEADERS = [
     (
         b"content-security-policy",
         b"default-src 'none'; style-src 'unsafe-inline'; "
-        b"script-src '" + b"sha256-" + CHAT_SCRIPT_HASH.encode() + b"'; "
+        b"script-src 'sha256-" + CHAT_SCRIPT_HASH.encode() + b"'; "
         b"connect-src 'self'; form-action 'none'; base-uri 'none'",
     ),
     (b"x-content-type-options", b"nosniff"),

@@ -316,7 +316,8 @@ class AsgiHandler:
         self.state = state
 
     def __call__(self, stream: Stream) -> None:
-        scope = build_http_scope(stream, self.root_path, self.state)
+        root = stream.head.root_path
+        scope = build_http_scope(stream, self.root_path if root is None else root, self.state)
         # The loop holds running tasks; the server cancels leftovers at shutdown by name.
         task = self.loop.create_task(
             AsgiHttpCycle(stream).run(self.app, scope), name=REQUEST_TASK_NAME
@@ -324,7 +325,8 @@ class AsgiHandler:
         stream.cancel = task.cancel
 
     def websocket(self, ws: WebSocketStream) -> None:
-        scope = build_websocket_scope(ws, self.root_path, self.state)
+        root = ws.head.root_path
+        scope = build_websocket_scope(ws, self.root_path if root is None else root, self.state)
         task = self.loop.create_task(
             AsgiWebSocketCycle(ws).run(self.app, scope), name=REQUEST_TASK_NAME
         )

@@ -445,7 +445,7 @@ class WsgiHandler:
             path = unquote_to_bytes(raw_path).decode("latin-1")
         else:
             path = raw_path.decode("latin-1")
-        root = self.root_path
+        root = self.root_path if head.root_path is None else head.root_path
         if root and (path == root or path.startswith(root + "/")):
             path = path[len(root) :]
         query = head.query_string.decode("latin-1")
@@ -453,6 +453,8 @@ class WsgiHandler:
         if query:
             raw_uri += "?" + query
         environ = self._base_environ.copy()
+        if head.root_path is not None:
+            environ["SCRIPT_NAME"] = root
         environ["REQUEST_METHOD"] = head.method
         environ["PATH_INFO"] = path
         environ["QUERY_STRING"] = query

@@ -21,6 +21,7 @@ from typing import IO, Any
 import httptools
 
 from threshold.context import ServerContext
+from threshold.protocols.proxy import ProxyHeader
 from threshold.protocols.tlsinfo import tls_extension
 from threshold.protocols.websocket import WebSocketSession, handshake_error, upgrade_response
 from threshold.stream import ClientDisconnected, Headers, RequestHead, Stream
@@ -516,6 +517,7 @@ class Http1Connection(asyncio.Protocol):
         "_idle_since",
         "_line",
         "_lock",
+        "_proxy",
         "_queue",
         "_reading_paused",
         "_server",
@@ -533,9 +535,15 @@ class Http1Connection(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, ctx: ServerContext, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        ctx: ServerContext,
+        loop: asyncio.AbstractEventLoop,
+        proxy: ProxyHeader | None = None,
+    ) -> None:
         self.ctx = ctx
         self.loop = loop
+        self._proxy = proxy  # a PROXY protocol prelude read before this connection
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.scheme = "http"
@@ -584,6 +592,12 @@ class Http1Connection(asyncio.Protocol):
         self.transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
         self._client = _address(transport.get_extra_info("peername"))
         self._server = _address(transport.get_extra_info("sockname"))
+        proxy = self._proxy
+        if proxy is not None and not proxy.local:
+            self._client, self._server = proxy.client, proxy.server
+            ssl_tlv = proxy.tlvs.get("ssl")
+            if isinstance(ssl_tlv, dict) and int(ssl_tlv.get("client", 0)) & 0x01:
+                self.scheme = "https"  # the client spoke TLS to the proxy (PP2_CLIENT_SSL)
         ctx = self.ctx
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is None and self._lock is not None:
@@ -943,6 +957,7 @@ class Http1Connection(asyncio.Protocol):
         h2conn = Http2Connection(ctx, self.loop, self.extensions)
         self.transport.set_protocol(h2conn)
         h2conn.connection_made(self.transport)
+        h2conn.client, h2conn.server, h2conn.scheme = self._client, self._server, self.scheme
         h2conn.start()
         if data:
             h2conn.data_received(data)
