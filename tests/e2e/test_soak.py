@@ -42,7 +42,7 @@ SERVER_ARGS = (
 
 HOST = b"Host: soak.test\r\n"
 
-# Malformed or over-limit requests (after tests/unit/requests/invalid_*) and the status
+# Malformed or over-limit requests (after tests/corpus/http1/invalid/) and the status
 # each must get before the connection is closed.
 INVALID: list[tuple[bytes, int]] = [
     (b"GET /hello HTTP/1.1\r\n\r\n", 400),  # no Host

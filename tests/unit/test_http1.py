@@ -26,7 +26,7 @@ from threshold.interfaces.asgi import AsgiHandler
 from threshold.protocols.http1 import BODY_HIGH_WATER, Http1Connection, Http1Stream
 from threshold.stream import ClientDisconnected, Stream
 
-CORPUS = Path(__file__).parent / "requests"
+CORPUS = Path(__file__).parent.parent / "corpus" / "http1"
 SECOND = b"GET /second HTTP/1.1\r\nHost: second.example\r\n\r\n"
 
 Scope = dict[str, Any]
@@ -295,15 +295,112 @@ def load_http(path: Path) -> bytes:
 
 
 def corpus() -> list[str]:
-    names = sorted(p.stem for p in CORPUS.glob("*.http"))
-    assert names, "empty request corpus"
-    return names
+    """Case ids, "valid/NAME" and "invalid/NAME", from tests/corpus/http1/."""
+    ids = sorted(
+        f"{kind}/{path.stem}"
+        for kind in ("valid", "invalid")
+        for path in (CORPUS / kind).glob("*.http")
+    )
+    assert ids, "empty request corpus"
+    return ids
 
 
-def load_case(name: str) -> tuple[bytes, dict[str, Any]]:
-    data = load_http(CORPUS / f"{name}.http")
-    expect = json.loads((CORPUS / f"{name}.expect").read_text())
-    return data, expect
+@dataclass(frozen=True)
+class Case:
+    """A corpus case: NAME.http (the bytes) and NAME.expect (JSON, see the README there)."""
+
+    id: str
+    data: bytes
+    status: int
+    request: dict[str, Any]  # for a valid case: what the app must see (keys compared)
+    keep_alive: bool
+    before: int  # requests in the bytes answered 200 before the rejected one
+    config: dict[str, Any]  # Config options the case needs (limits)
+
+    @property
+    def valid(self) -> bool:
+        return self.status < 300
+
+
+def load_case(case_id: str) -> Case:
+    data = load_http(CORPUS / f"{case_id}.http")
+    expect = json.loads((CORPUS / f"{case_id}.expect").read_text())
+    return Case(
+        case_id,
+        data,
+        expect["status"],
+        expect.get("request", {}),
+        expect.get("keep_alive", True),
+        expect.get("before", 0),
+        expect.get("config", {}),
+    )
+
+
+async def corpus_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """record_app, except that a body cut off by the server (413, 400) ends it quietly."""
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        body += message["body"]
+        if not message["more_body"]:
+            break
+    summary = {
+        "method": scope["method"],
+        "path": scope["path"],
+        "raw_path": scope["raw_path"].decode("latin-1"),
+        "query_string": scope["query_string"].decode("latin-1"),
+        "http_version": scope["http_version"],
+        "headers": [[n.decode("latin-1"), v.decode("latin-1")] for n, v in scope["headers"]],
+        "body": body.decode("latin-1"),
+    }
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": json.dumps(summary).encode()})
+
+
+# One response as the client saw it: status, its Connection header, its body.
+Answer = tuple[int, "bytes | None", bytes]
+
+
+def verify(case: Case, answers: list[Answer], closed: bool, pipelined: bool) -> None:
+    """The corpus oracle, shared with tests/e2e/test_corpus_socket.py and the properties.
+
+    A rejected request gets one error response with ``connection: close`` and the
+    connection closes: whatever follows it (a pipelined request) is never answered.
+    A valid one is seen by the app as the case says; with SECOND appended, both are
+    answered in order on one connection (unless the case itself closes it).
+    """
+    name = case.id
+    assert len(answers) > case.before, f"{name}: {len(answers)} responses"
+    for status, _, body in answers[: case.before]:
+        assert status == 200, f"{name}: {status} {body[:200]!r}"
+    status, connection, body = answers[case.before]
+    assert status == case.status, f"{name}: {status} {body[:200]!r}"
+    if not case.valid:
+        assert len(answers) == case.before + 1, f"{name}: served after an error"
+        assert connection == b"close", name
+        assert closed, f"{name}: left open after an error"
+        return
+    seen = json.loads(body)
+    for key, value in case.request.items():
+        assert seen[key] == value, f"{name}: {key} is {seen[key]!r}, expected {value!r}"
+    if not case.keep_alive:
+        assert connection == b"close", name
+        assert closed, name
+        assert len(answers) == 1, name
+        return
+    assert connection != b"close", name
+    if pipelined:
+        assert len(answers) == 2, f"{name}: the pipelined request was not answered"
+        second_status, _, second_body = answers[1]
+        assert second_status == 200, name
+        second = json.loads(second_body)
+        assert (second["path"], second["body"]) == ("/second", ""), name
+        assert second["headers"] == [["host", "second.example"]], name
+    else:
+        assert len(answers) == 1, name
+    assert not closed, name
 
 
 def splits(data: bytes, mode: str) -> list[list[bytes]]:
@@ -315,97 +412,97 @@ def splits(data: bytes, mode: str) -> list[list[bytes]]:
     return [[data[:i], data[i:]] for i in range(1, len(data))]
 
 
-async def check_case(name: str, pieces: list[bytes], pipelined: bool) -> None:
-    _, expect = load_case(name)
-    h = make(asyncio.get_running_loop(), record_app)
+async def check_case(case: Case, pieces: list[bytes], pipelined: bool) -> None:
+    h = make(asyncio.get_running_loop(), corpus_app, **case.config)
     await h.send(*pieces)
-    responses = h.responses()
-    status = expect["status"]
-    assert responses, f"{name}: no response"
-    first = responses[0]
-    assert first.status == status, f"{name}: {first.status} {first.body!r}"
-    if status >= 400:
-        # A rejected request: one error response, then the connection is closed,
-        # whatever follows it (a pipelined request must not be served).
-        assert len(responses) == 1, f"{name}: served after an error"
-        assert first.header(b"connection") == b"close"
-        assert h.transport.closed
-        return
-    assert 200 <= status < 300
-    seen = first.json()
-    for key, value in expect["request"].items():
-        assert seen[key] == value, f"{name}: {key} is {seen[key]!r}, expected {value!r}"
-    keep_alive = expect.get("keep_alive", True)
-    if not keep_alive:
-        assert first.header(b"connection") == b"close"
-        assert h.transport.closed
-        assert len(responses) == 1
-        return
-    assert first.header(b"connection") != b"close"
-    if pipelined:
-        assert len(responses) == 2, f"{name}: the pipelined request was not answered"
-        second = responses[1].json()
-        assert (second["path"], second["body"]) == ("/second", "")
-        assert second["headers"] == [["host", "second.example"]]
-    else:
-        assert len(responses) == 1
-    assert not h.transport.closed
+    answers = [(r.status, r.header(b"connection"), r.body) for r in h.responses()]
+    verify(case, answers, h.transport.closed, pipelined)
+    assert h.transport.writes_after_close == 0, f"{case.id}: written after close"
 
 
 @pytest.mark.parametrize("mode", ["whole", "bytes"])
-@pytest.mark.parametrize("name", corpus())
-def test_corpus(name: str, mode: str) -> None:
-    data, _ = load_case(name)
+@pytest.mark.parametrize("case_id", corpus())
+def test_corpus(case_id: str, mode: str) -> None:
+    case = load_case(case_id)
 
     async def main() -> None:
-        for pieces in splits(data, mode):
-            await check_case(name, pieces, pipelined=False)
+        for pieces in splits(case.data, mode):
+            await check_case(case, pieces, pipelined=False)
 
     run(main())
 
 
 @pytest.mark.parametrize("mode", ["whole", "bytes"])
-@pytest.mark.parametrize("name", corpus())
-def test_corpus_pipelined(name: str, mode: str) -> None:
+@pytest.mark.parametrize("case_id", corpus())
+def test_corpus_pipelined(case_id: str, mode: str) -> None:
     """The same request with a second one appended in the same bytes."""
-    data, _ = load_case(name)
+    case = load_case(case_id)
 
     async def main() -> None:
-        for pieces in splits(data + SECOND, mode):
-            await check_case(name, pieces, pipelined=True)
+        for pieces in splits(case.data + SECOND, mode):
+            await check_case(case, pieces, pipelined=True)
 
     run(main())
 
 
 SPLIT_CASES = [
-    "get_query",
-    "chunked_extensions",
-    "post_content_length",
-    "http10_keep_alive",
-    "invalid_bad_chunk_size",
-    "invalid_nul_in_header_value",
+    "valid/get_query",
+    "valid/chunked_extensions",
+    "valid/chunked_data_contains_crlfcrlf",
+    "valid/post_content_length",
+    "valid/http10_keep_alive",
+    "invalid/bad_chunk_size",
+    "invalid/nul_in_header_value",
+    "invalid/te_unknown_then_chunked",
+    "invalid/chunk_extension_too_long",
+    "invalid/pipelined_double_space_after_get",
+    "invalid/pipelined_bad_line_after_content_length_body",
+    "invalid/pipelined_bad_line_after_chunked_body",
 ]
 
 
-@pytest.mark.parametrize("name", SPLIT_CASES)
-def test_corpus_split_at_every_offset(name: str) -> None:
-    data, _ = load_case(name)
+@pytest.mark.parametrize("case_id", SPLIT_CASES)
+def test_corpus_split_at_every_offset(case_id: str) -> None:
+    case = load_case(case_id)
 
     async def main() -> None:
-        for pieces in splits(data + SECOND, "every-offset"):
-            await check_case(name, pieces, pipelined=True)
+        for pieces in splits(case.data + SECOND, "every-offset"):
+            await check_case(case, pieces, pipelined=True)
 
     run(main())
 
 
+EXPECT_KEYS = {"status", "request", "keep_alive", "before", "config", "why", "cve"}
+REJECT_STATUSES = {400, 413, 414, 431, 501, 505}
+
+
 def test_corpus_files_come_in_pairs() -> None:
-    https = {p.stem for p in CORPUS.glob("*.http")}
-    expects = {p.stem for p in CORPUS.glob("*.expect")}
-    assert https == expects
-    for name in https:
-        expect = json.loads((CORPUS / f"{name}.expect").read_text())
-        assert name.startswith("invalid_") == (expect["status"] >= 400), name
-        assert expect["status"] in (200, 400, 501, 505), name
+    assert {p.name for p in CORPUS.iterdir()} == {"README.md", "valid", "invalid"}
+    readme = (CORPUS / "README.md").read_text()
+    for kind in ("valid", "invalid"):
+        folder = CORPUS / kind
+        https = {p.stem for p in folder.glob("*.http")}
+        expects = {p.stem for p in folder.glob("*.expect")}
+        assert https == expects, kind
+        assert {p.name for p in folder.iterdir()} == {
+            f"{n}{s}" for n in https for s in (".http", ".expect")
+        }
+        for name in https:
+            expect = json.loads((folder / f"{name}.expect").read_text())
+            assert set(expect) <= EXPECT_KEYS, name
+            assert expect["why"], name
+            Config(**expect.get("config", {}))  # names real options
+            for cve in expect.get("cve", []):
+                assert re.fullmatch(r"CVE-\d{4}-\d{4,}", cve), name
+                assert cve in readme, f"{cve} ({name}) missing from the README table"
+            if kind == "valid":
+                assert expect["status"] == 200, name
+                assert set(expect["request"]) >= {"method", "path", "headers", "body"}, name
+                assert "before" not in expect, name
+            else:
+                assert expect["status"] in REJECT_STATUSES, name
+                assert "request" not in expect and "keep_alive" not in expect, name
+            assert f"`{name}`" in readme, f"{kind}/{name} missing from the README table"
 
 
 # -- connection behaviour, fed bytes -------------------------------------------------

@@ -865,6 +865,19 @@ class Http1Connection(asyncio.Protocol):
             parsed = httptools.parse_url(url)
             path = parsed.path or b"/"
             query = parsed.query or b""
+            if parsed.host:
+                # RFC 9112 section 3.2.2: the target's authority wins over Host.
+                authority = (
+                    parsed.host
+                    if parsed.port is None
+                    else b"%s:%d"
+                    % (
+                        parsed.host,
+                        parsed.port,
+                    )
+                )
+                self._headers = [(n, v) for n, v in self._headers if n != b"host"]
+                self._headers.append((b"host", authority))
         head = RequestHead(
             parser.get_method().decode("ascii"),
             path,
