@@ -107,8 +107,8 @@ class Config:
     )
     proxy_headers: bool = option(
         True,
-        "Believe Forwarded / X-Forwarded-For, -Proto, -Host, -Port, -Prefix from the peers "
-        "in --forwarded-allow-ips (client address, scheme, host, root path).",
+        "Believe the Forwarded and X-Forwarded-(For|Proto|Host|Port|Prefix) headers from the "
+        "peers in --forwarded-allow-ips (client address, scheme, host, root path).",
     )
     forwarded_allow_ips: list[str] = option(
         ["127.0.0.1", "::1"],
@@ -363,6 +363,12 @@ class Config:
         multiple=True,
         metavar="GLOB",
     )
+    metrics_bind: str = option(
+        "",
+        "HOST:PORT of a separate listener serving Prometheus /metrics (summed over all "
+        "workers), /healthz and /readyz; off when empty.",
+        metavar="HOST:PORT",
+    )
     server_header: bool = option(True, "Send a 'server: threshold' response header.")
     date_header: bool = option(True, "Send a 'date' response header.")
     log_level: str = option("info", "Logging level.", choices=LOG_LEVELS)
@@ -393,6 +399,10 @@ class Config:
                     raise ConfigError(
                         f"forwarded_allow_ips: {entry!r} is not an IP address or network"
                     ) from None
+        if self.metrics_bind:
+            _, sep, port = self.metrics_bind.rpartition(":")
+            if not sep or not port.isdigit() or int(port) > 65535:
+                raise ConfigError(f"metrics_bind: {self.metrics_bind!r} is not HOST:PORT")
         for name in ("umask", "unix_socket_mode"):
             text = getattr(self, name)
             if text:

@@ -15,6 +15,7 @@ from threshold.config import Config
 from threshold.stream import Handler, WebSocketHandler
 
 if TYPE_CHECKING:
+    from threshold.observe.metrics import WorkerMetrics
     from threshold.stream import Stream
 
 
@@ -49,6 +50,7 @@ class ServerContext:
         "limit_fields",
         "limit_line",
         "max_body_size",
+        "metrics",
         "now",
         "requests",
         "send_timeout",
@@ -71,6 +73,7 @@ class ServerContext:
         self.ws_handler = ws_handler
         self.tls_server_cert: str | None = None  # PEM, for the ASGI tls extension
         self.threaded = False  # apps run in threads that may write responses themselves
+        self.metrics: WorkerMetrics | None = None  # --metrics-bind
         self.access_log = access_log
         self.connections: set[Connection] = set()
         self.shutting_down = False

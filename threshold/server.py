@@ -7,10 +7,12 @@ import logging
 import signal
 import ssl
 import threading
+from collections import Counter
 from typing import Any
 
 from threshold import forwarded
 from threshold.config import Config
+from threshold.context import AccessLog as AccessLogHook
 from threshold.context import ServerContext
 from threshold.forwarded import TrustedProxies
 from threshold.interfaces.asgi import REQUEST_TASK_NAME, AsgiHandler
@@ -19,6 +21,7 @@ from threshold.interfaces.wsgi import WsgiHandler
 from threshold.loader import LoadError, asgi2_to_asgi3, detect_interface, load_app
 from threshold.net import BindError, Listener, bind_listeners, create_ssl_context
 from threshold.observe.logs import AccessLog, reopen_log_files
+from threshold.observe.metrics import WorkerMetrics
 from threshold.protocols.http1 import Http1Connection
 from threshold.proxied import ProxiedAcceptor
 
@@ -54,9 +57,13 @@ class Server:
         config: Config,
         listeners: list[Listener] | None = None,
         hooks: WorkerHooks | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.config = config
         self.hooks = hooks
+        self.metrics = metrics
+        self.interface = ""  # asgi3 / asgi2 / wsgi once the app is loaded
+        self.ready = False  # listening and not draining (for /readyz)
         self._given_listeners = listeners
         self.listeners: list[Listener] = []
         self.started = threading.Event()  # set once listening (for embedding and tests)
@@ -116,6 +123,7 @@ class Server:
         if interface == "asgi2":
             app = asgi2_to_asgi3(app)
         logger.debug("Serving %r as %s", config.app, interface)
+        self.interface = interface
 
         lifespan: Lifespan | None = None
         state: dict[str, Any] | None = None
@@ -146,8 +154,16 @@ class Server:
             handler = forwarded.wrap(handler, trusted)
             if ws_handler is not None:
                 ws_handler = forwarded.wrap(ws_handler, trusted)
-        ctx = ServerContext(config, handler, access_log, ws_handler)
+        metrics = self.metrics
+        completed: AccessLogHook | None = access_log
+        if metrics is not None:
+            metrics.start()
+            if wsgi is not None:
+                metrics.lock = threading.Lock()  # WSGI threads complete responses too
+            completed = _observed(metrics, access_log)
+        ctx = ServerContext(config, handler, completed, ws_handler)
         ctx.threaded = wsgi is not None
+        ctx.metrics = metrics
         if ssl_context is not None:
             with open(config.certfile) as f:
                 ctx.tls_server_cert = f.read()
@@ -192,6 +208,7 @@ class Server:
                         )
                     )
                 logger.info("Listening on %s (%s)", listener.url(scheme), interface)
+            self.ready = True
             ticker = loop.create_task(self._tick(ctx))
             self.started.set()
             if hooks is not None:
@@ -199,6 +216,9 @@ class Server:
             await self._stop.wait()
 
             logger.info("Shutting down")
+            self.ready = False
+            if metrics is not None:
+                metrics.publish(ctx.requests, {}, False)
             for aserver in servers:
                 aserver.close()
             for task in accepting:
@@ -233,9 +253,13 @@ class Server:
 
     async def _tick(self, ctx: ServerContext) -> None:
         hooks = self.hooks
+        metrics = self.metrics
         while True:
             if hooks is not None:
                 hooks.tick(ctx.requests)
+            if metrics is not None:
+                kinds = Counter(_KINDS.get(type(c).__name__, "http1") for c in ctx.connections)
+                metrics.publish(ctx.requests, kinds, self.ready)
             await asyncio.sleep(1.0)
             ctx.refresh()
             now = ctx.now
@@ -258,6 +282,23 @@ class Server:
             task.cancel()
         if leftovers:
             await asyncio.wait(leftovers, timeout=1.0)
+
+
+_KINDS = {"Http1Connection": "http1", "Http2Connection": "http2", "WebSocketSession": "websocket"}
+
+
+def _observed(metrics: WorkerMetrics, access_log: AccessLogHook | None) -> AccessLogHook:
+    """The response-complete hook with metrics first, then the access log if on."""
+
+    def completed(stream: Any, status: int, sent: int, duration: float) -> None:
+        head = stream.head
+        metrics.observe(
+            head.method, head.http_version, status, sent, getattr(stream, "_received", 0), duration
+        )
+        if access_log is not None:
+            access_log(stream, status, sent, duration)
+
+    return completed
 
 
 def _quiet_tls_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:

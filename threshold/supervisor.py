@@ -27,6 +27,7 @@ from threshold.config import Config, ConfigError
 from threshold.loader import LoadError, load_app
 from threshold.net import BindError, Listener, bind_listeners
 from threshold.observe.logs import configure_logging, reopen_log_files
+from threshold.observe.metrics import MetricsServer, SharedMetrics, WorkerMetrics
 from threshold.server import (
     EXIT_LOAD_FAILED,
     EXIT_OK,
@@ -80,9 +81,21 @@ def run_config(
         return EXIT_STARTUP_FAILED
     try:
         drop_privileges(config.user, config.group)
+        metrics_server = None
+        server = Server(config, listeners)
+        if config.metrics_bind:
+            shared = SharedMetrics(1)
+            server.metrics = shared.slot(0)
+            metrics_server = _metrics_server(
+                config.metrics_bind, shared, lambda: server.interface, lambda: server.ready
+            )
+            if metrics_server is None:
+                return EXIT_STARTUP_FAILED
         with PidFile(config.pid):
-            return run_server(Server(config, listeners))
+            return run_server(server)
     finally:
+        if metrics_server is not None:
+            metrics_server.stop()
         for listener in listeners:
             listener.close()
 
@@ -90,6 +103,21 @@ def run_config(
 def run(app: Any, **options: Any) -> int:
     """Serve ``app`` (an object or "module:attr") with ``Config(**options)``."""
     return run_config(Config(app=app, **options))
+
+
+def _metrics_server(
+    bind: str, shared: SharedMetrics, interface: Callable[[], str], ready: Callable[[], bool]
+) -> MetricsServer | None:
+    host, _, port = bind.rpartition(":")
+    try:
+        server = MetricsServer(
+            (host.strip("[]") or "127.0.0.1", int(port)), shared, interface, ready
+        )
+    except OSError as exc:
+        logger.error("metrics_bind: cannot listen on %s: %s", bind, exc.strerror)
+        return None
+    server.start()
+    return server
 
 
 class PidFile:
@@ -141,6 +169,7 @@ class WorkerProcess:
         "ready",
         "retire_now",
         "retiring",
+        "slot",
         "started",
         "stopping",
         "timed_out",
@@ -160,6 +189,7 @@ class WorkerProcess:
         self.stopping = False  # a stop signal was sent
         self.kill_at = 0.0  # when to SIGKILL if it has not exited
         self.timed_out = False  # killed as silent before it was ready: a boot failure
+        self.slot = 0  # its metrics slot (0: none)
 
     def beat(self) -> float:
         if self.heartbeat is None:
@@ -178,6 +208,8 @@ class Supervisor:
         self.config = config
         self.argv = list(argv) if argv is not None else None
         self.reparse = reparse
+        self.metrics: SharedMetrics | None = None  # --metrics-bind
+        self.master_metrics: WorkerMetrics | None = None
         self.listeners: list[Listener] = []
         self.workers: dict[int, WorkerProcess] = {}
         self.wanted = 1 if config.reload else (config.workers or os.cpu_count() or 1)
@@ -231,6 +263,7 @@ class Supervisor:
             watcher = threading.Thread(target=self._watch, name="threshold-reload", daemon=True)
             watcher.start()
         self._adopt_old_workers()
+        metrics_server = self._start_metrics()
         logger.info("Master %d starting %d worker(s)", os.getpid(), self.wanted)
         try:
             with PidFile(config.pid):
@@ -249,6 +282,8 @@ class Supervisor:
                         self._maintain(now)
                     self._wait(0.25)
         finally:
+            if metrics_server is not None:
+                metrics_server.stop()
             self._watch_stop.set()
             signal.set_wakeup_fd(old_wakeup)
             for sig, handler in previous.items():
@@ -260,6 +295,29 @@ class Supervisor:
         sd_notify("STATUS=stopped")
         logger.info("Master %d stopped", os.getpid())
         return self.exit_code
+
+    def _start_metrics(self) -> MetricsServer | None:
+        """--metrics-bind: shared slots (0 for the master) and the listener, in the master."""
+        config = self.config
+        if not config.metrics_bind:
+            return None
+        self.metrics = SharedMetrics(1 + max(64, 2 * self.wanted))
+        self.master_metrics = self.metrics.slot(0)
+        return _metrics_server(
+            config.metrics_bind,
+            self.metrics,
+            lambda: config.interface,
+            lambda: (
+                not self._stopping
+                and any(w.ready and not w.stopping for w in self.workers.values())
+            ),
+        )
+
+    def _free_slot(self) -> int:
+        if self.metrics is None:
+            return 0
+        used = {w.slot for w in self.workers.values()}
+        return next((i for i in range(1, self.metrics.slots) if i not in used), 0)
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self._signals.append(signum)  # only enqueue; the loop acts
@@ -403,6 +461,9 @@ class Supervisor:
                     limit,
                 )
                 _kill(worker.pid, signal.SIGABRT)
+                if self.master_metrics is not None:
+                    self.master_metrics.heartbeat_missed()
+                    self.master_metrics.worker_restarted()
                 worker.timed_out = not worker.ready
                 worker.retiring = worker.retire_now = worker.stopping = True
                 worker.kill_at = now + 1.0
@@ -414,6 +475,7 @@ class Supervisor:
         # Block our signals across fork: a signal reaching the child before it resets
         # the master's handlers would be swallowed (a TERM lost, the worker kept).
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        slot = self._free_slot()
         pid = -1
         try:
             pid = os.fork()
@@ -424,16 +486,18 @@ class Supervisor:
             code = EXIT_WORKER_CRASH
             try:
                 os.close(read_fd)
-                code = self._worker_main(write_fd, heartbeat, mask)
+                code = self._worker_main(write_fd, heartbeat, mask, slot)
             except BaseException:
                 logger.exception("Worker crashed")
             finally:
                 os._exit(code)
         os.close(write_fd)
-        self.workers[pid] = WorkerProcess(pid, self.generation, read_fd, heartbeat)
+        worker = WorkerProcess(pid, self.generation, read_fd, heartbeat)
+        worker.slot = slot
+        self.workers[pid] = worker
         logger.debug("Spawned worker %d (generation %d)", pid, self.generation)
 
-    def _worker_main(self, write_fd: int, heartbeat: mmap.mmap, mask: set[Any]) -> int:
+    def _worker_main(self, write_fd: int, heartbeat: mmap.mmap, mask: set[Any], slot: int) -> int:
         signal.set_wakeup_fd(-1)
         for sig in HANDLED_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
@@ -451,7 +515,8 @@ class Supervisor:
             max_requests = config.max_requests + random.randint(0, config.max_requests_jitter)
         listeners = self.listeners or bind_listeners(config, reuse_port=True)
         hooks = PipeHooks(write_fd, heartbeat, max_requests)
-        return run_server(Server(config, listeners, hooks))
+        metrics = self.metrics.slot(slot) if self.metrics is not None and slot else None
+        return run_server(Server(config, listeners, hooks, metrics))
 
     def _reap(self) -> None:
         while True:
@@ -498,6 +563,8 @@ class Supervisor:
             else:
                 self._crashes = 0 if now - worker.started > 30 else self._crashes + 1
                 logger.error("Worker %d died unexpectedly (%s); restarting it", pid, how)
+                if self.master_metrics is not None:
+                    self.master_metrics.worker_restarted()
             failures = max(self._crashes, self._boot_failures)
             self._next_spawn = now + min(0.1 * 2 ** max(failures - 1, 0), MAX_BACKOFF)
 

@@ -54,9 +54,13 @@ def sample(name: str, type_str: str, spec: OptionSpec, default: Any) -> Any:
         return int(max(default, spec.minimum or 0)) + 3
     if type_str == "float":
         return float(max(default, spec.minimum or 0)) + 1.5
+    if name == "forwarded_allow_ips":
+        return ["10.0.0.0/8", "unix"]
     if type_str.startswith("list"):
         return ["first", "second"]
     assert type_str == "str", f"{name}: no sample for type {type_str}"
+    if name == "metrics_bind":
+        return "127.0.0.1:9100"
     return "644"  # a plain string that is also valid octal (umask, unix_socket_mode)
 
 

@@ -1015,6 +1015,8 @@ class Http1Connection(asyncio.Protocol):
 
     def accept_websocket(self, session: WebSocketSession, headers: Headers) -> None:
         """The app accepted: 101, and the session owns the transport from here on."""
+        if self.ctx.metrics is not None:
+            self.ctx.metrics.websocket_opened()
         self.transport.write(upgrade_response(session.head, self.ctx.default_headers, headers))
         ctx = self.ctx
         ctx.connections.discard(self)
@@ -1119,6 +1121,9 @@ class Http1Connection(asyncio.Protocol):
 
     def _write_error(self, status: int, detail: str = "", headers: Headers | None = None) -> None:
         """A complete plain-text error response with ``connection: close``."""
+        metrics = self.ctx.metrics
+        if metrics is not None:
+            metrics.limit_hit(status)
         text = f"{status} {HTTPStatus(status).phrase}"
         body = (f"{text}: {detail}\n" if detail else f"{text}\n").encode()
         extra = b"".join(name + b": " + value + b"\r\n" for name, value in headers or ())

@@ -565,6 +565,8 @@ class Http2Connection(asyncio.Protocol):
 
     def accept_websocket(self, session: WebSocketSession, headers: Headers) -> None:
         """RFC 8441 section 5: :status 200, then WebSocket frames as DATA."""
+        if self.ctx.metrics is not None:
+            self.ctx.metrics.websocket_opened()
         stream = session.http
         assert isinstance(stream, Http2Stream)
         stream.send_head(200, headers)
@@ -576,6 +578,8 @@ class Http2Connection(asyncio.Protocol):
 
     def _refuse(self, stream_id: int, status: int) -> None:
         """Answer a request with an error without calling the app."""
+        if self.ctx.metrics is not None:
+            self.ctx.metrics.limit_hit(status)
         body = f"{status} {HTTPStatus(status).phrase}\n".encode()
         headers = [
             (b":status", b"%d" % status),
