@@ -36,5 +36,13 @@ bench: $(BIN)/threshold
 bench-quick: $(BIN)/threshold
 	$(BIN)/python bench/run.py --quick
 
+# Autobahn testsuite (wstest, Python 2.7 env built on first use) against an ASGI echo app.
+.PHONY: conformance-ws conformance-ws-quick
+conformance-ws: $(BIN)/threshold
+	$(BIN)/python conformance/run_autobahn.py
+
+conformance-ws-quick: $(BIN)/threshold
+	$(BIN)/python conformance/run_autobahn.py --quick
+
 clean:
 	rm -rf $(VENV) build *.egg-info

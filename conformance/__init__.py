@@ -1,0 +1,1 @@
+"""Conformance harnesses run against the real server (Autobahn WebSocket testsuite)."""
