@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from threshold.observe.logs import DEFAULT_ACCESS_FORMAT, compile_access_format
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
@@ -375,6 +377,34 @@ class Config:
     access_log: bool = option(
         True, "Log one line per request: client, method, path, status, bytes, duration."
     )
+    access_log_format: str = option(
+        DEFAULT_ACCESS_FORMAT,
+        "Access log line: text with {atom} fields such as {client}, {method}, {path}, "
+        "{status}, {duration_ms}, {user_agent}, {request_id} (all in docs/observability.md).",
+        metavar="FORMAT",
+    )
+    access_log_json: bool = option(
+        False, "Write each access log line as one JSON object with every atom."
+    )
+    access_log_file: str = option(
+        "", "Write the access log to this file instead of stderr; USR1 reopens it.", metavar="FILE"
+    )
+    error_log_file: str = option(
+        "",
+        "Write the server's own log to this file instead of stderr; USR1 reopens it.",
+        metavar="FILE",
+    )
+    log_config: str = option(
+        "",
+        "Configure logging from a logging.config.dictConfig file (.json or .toml) instead; "
+        "Threshold then installs no log handlers of its own.",
+        metavar="FILE",
+    )
+    request_id: bool = option(
+        False,
+        "Give each HTTP request an id (a well-formed incoming X-Request-ID, else a new one): "
+        "passed to the app, echoed as x-request-id, logged as {request_id}.",
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -403,6 +433,10 @@ class Config:
             _, sep, port = self.metrics_bind.rpartition(":")
             if not sep or not port.isdigit() or int(port) > 65535:
                 raise ConfigError(f"metrics_bind: {self.metrics_bind!r} is not HOST:PORT")
+        try:
+            compile_access_format(self.access_log_format)
+        except ValueError as exc:
+            raise ConfigError(f"access_log_format: {exc}") from None
         for name in ("umask", "unix_socket_mode"):
             text = getattr(self, name)
             if text:

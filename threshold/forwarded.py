@@ -54,15 +54,18 @@ def _node(text: str) -> tuple[str, int | None] | None:
         return None
     port: int | None = None
     if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        if rest.startswith(":") and rest[1:].isdigit():
-            port = int(rest[1:])
+        host, closed, rest = text[1:].partition("]")
+        if not closed or rest[:1] not in ("", ":"):
+            return None
+        port_text = rest[1:]
     elif text.count(":") == 1:
         host, _, port_text = text.partition(":")
-        if port_text.isdigit():
-            port = int(port_text)
     else:
-        host = text
+        host, port_text = text, ""
+    if port_text:
+        if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
+            return None  # a malformed node is not believed in part
+        port = int(port_text)
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -118,13 +121,14 @@ def apply(head: RequestHead, trusted: TrustedProxies) -> None:
             if chosen is not None:
                 index, client = chosen
                 element = elements[index]
-                _set_client(head, client)
+                if client is not None:
+                    _set_client(head, client)
                 proto = element.get("proto", proto)
                 host = element.get("host", host)
         elif xff:
             nodes = [part for value in xff for part in value.split(",")]
             chosen = _walk(nodes, trusted)
-            if chosen is not None:
+            if chosen is not None and chosen[1] is not None:
                 _set_client(head, chosen[1])
         if proto is not None:
             proto = proto.split(",")[-1].strip().lower()
@@ -132,11 +136,14 @@ def apply(head: RequestHead, trusted: TrustedProxies) -> None:
                 head.scheme = "https" if proto in ("https", "wss") else "http"
         if host is not None:
             host = host.split(",")[-1].strip()
-            if host and all(c.isalnum() or c in "-.:[]_" for c in host):
+            if host and host.isascii() and all(c.isalnum() or c in "-.:[]_" for c in host):
                 head.headers = [(n, v) for n, v in head.headers if n != b"host"]
                 head.headers.append((b"host", host.encode("latin-1")))
-                name_only = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-                server_port = head.server[1] if head.server else None
+                name_only, server_port = host, head.server[1] if head.server else None
+                if not host.endswith("]") and ":" in host:
+                    name_only, _, port_text = host.rpartition(":")
+                    if port_text.isdigit() and 0 < int(port_text) < 65536:
+                        server_port = int(port_text)  # X-Forwarded-Port, if any, wins below
                 head.server = (name_only.strip("[]"), server_port)
         if port is not None:
             port = port.split(",")[-1].strip()
@@ -154,13 +161,19 @@ def apply(head: RequestHead, trusted: TrustedProxies) -> None:
         logger.debug("ignoring malformed proxy headers from %s: %s", peer, exc)
 
 
-def _walk(nodes: list[str], trusted: TrustedProxies) -> tuple[int, tuple[str, int | None]] | None:
-    """From the right, the first node that is not a trusted proxy (or the leftmost)."""
-    last = None
+def _walk(
+    nodes: list[str], trusted: TrustedProxies
+) -> tuple[int, tuple[str, int | None] | None] | None:
+    """From the right, the first node that is not a trusted proxy (or the leftmost).
+
+    An unknown/obfuscated hop stops the walk at what we know; if that is nothing, its
+    index comes back with no node (a Forwarded element's proto/host still count).
+    """
+    last: tuple[int, tuple[str, int | None] | None] | None = None
     for index in range(len(nodes) - 1, -1, -1):
         node = _node(nodes[index])
         if node is None:
-            return last  # unknown/obfuscated hop: stop at what we know
+            return last or (index, None)
         last = (index, node)
         if node[0] not in trusted:
             return last

@@ -20,7 +20,7 @@ from threshold.interfaces.lifespan import Lifespan, LifespanFailure
 from threshold.interfaces.wsgi import WsgiHandler
 from threshold.loader import LoadError, asgi2_to_asgi3, detect_interface, load_app
 from threshold.net import BindError, Listener, bind_listeners, create_ssl_context
-from threshold.observe.logs import AccessLog, reopen_log_files
+from threshold.observe.logs import AccessLog, reopen_log_files, with_request_ids
 from threshold.observe.metrics import WorkerMetrics
 from threshold.protocols.http1 import Http1Connection
 from threshold.proxied import ProxiedAcceptor
@@ -147,8 +147,12 @@ class Server:
                     state = lifespan.state
             handler = AsgiHandler(app, loop, config.root_path, state)
 
-        access_log = AccessLog() if config.access_log else None
+        access_log = None
+        if config.access_log:
+            access_log = AccessLog(config.access_log_format, config.access_log_json)
         ws_handler: Any = handler.websocket if isinstance(handler, AsgiHandler) else None
+        if config.request_id:
+            handler = with_request_ids(handler)  # HTTP requests only, not WebSockets
         if config.proxy_headers:
             trusted = TrustedProxies(config.forwarded_allow_ips)
             handler = forwarded.wrap(handler, trusted)
@@ -157,7 +161,7 @@ class Server:
         metrics = self.metrics
         completed: AccessLogHook | None = access_log
         if metrics is not None:
-            metrics.start()
+            metrics.start(interface)
             if wsgi is not None:
                 metrics.lock = threading.Lock()  # WSGI threads complete responses too
             completed = _observed(metrics, access_log)
@@ -226,8 +230,10 @@ class Server:
             if acceptor is not None:
                 for task in list(acceptor.tasks):
                     task.cancel()
-            # Connections accepted just before the stop may not be read yet: give the loop
-            # a moment to read their first request, so it is served rather than cut off.
+            # Connections accepted just before the stop may not be set up (connection_made
+            # is a callback away) or read yet: give the loop a moment to do both, so that
+            # their first request is served rather than cut off.
+            await asyncio.sleep(0)
             if ctx.connections:
                 await asyncio.sleep(SHUTDOWN_SETTLE)
             ctx.shutting_down = True

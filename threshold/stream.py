@@ -32,6 +32,13 @@ class ClientDisconnected(OSError):
     """The client went away; raised by sends and body reads on a closed stream."""
 
 
+def socket_address(addr: Any) -> tuple[str, int] | None:
+    """A transport's peername/sockname as (host, port); None for unix sockets."""
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        return (str(addr[0]), int(addr[1]))
+    return None
+
+
 class WebSocketClosed(ClientDisconnected):
     """The WebSocket is closed; ``code`` and ``reason`` as the peer sent them (1006: none)."""
 
@@ -51,6 +58,7 @@ class RequestHead:
         "method",
         "query_string",
         "raw_path",
+        "request_id",
         "root_path",
         "scheme",
         "server",
@@ -76,6 +84,7 @@ class RequestHead:
         self.client = client
         self.server = server
         self.root_path: str | None = None  # set from X-Forwarded-Prefix (trusted proxies)
+        self.request_id: str | None = None  # set by --request-id (observe/logs.py)
 
 
 class Stream:
@@ -137,6 +146,26 @@ class Stream:
     def send_error(self, status: int) -> bool:
         """Replace a response not yet on the wire by a plain error; False if too late."""
         raise NotImplementedError
+
+    def _lost(self) -> None:
+        """The protocol ends this exchange: body reads and sends raise ClientDisconnected."""
+        raise NotImplementedError
+
+    def expire(self, seconds: float) -> None:
+        """--timeout-request passed: 504 (or a close), then stop or abandon the app."""
+        head = self.head
+        logging.getLogger("threshold.error").error(
+            "Request %s %s exceeded timeout_request (%gs); %s",
+            head.method,
+            head.raw_path.decode("latin-1"),
+            seconds,
+            "cancelling it" if self.cancel is not None else "abandoning its thread",
+        )
+        if not self.send_error(504):
+            self.abort()
+        self._lost()
+        if self.cancel is not None:
+            self.cancel()
 
     def abort(self) -> None:
         """Drop the exchange: the app failed after the response started."""

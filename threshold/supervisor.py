@@ -68,7 +68,7 @@ def run_config(
     the server runs right here (no fork). ``argv`` and ``reparse`` (re-read the
     command line, config file and environment) come from the CLI, for SIGHUP.
     """
-    configure_logging(config.log_level)
+    configure_logging(config)
     if config.workers != 1 or config.reload or config.max_requests:
         return Supervisor(config, argv, reparse).run()
     # One process: the same umask and bind-then-drop-privileges order as a master.
@@ -210,6 +210,7 @@ class Supervisor:
         self.reparse = reparse
         self.metrics: SharedMetrics | None = None  # --metrics-bind
         self.master_metrics: WorkerMetrics | None = None
+        self.metrics_server: MetricsServer | None = None
         self.listeners: list[Listener] = []
         self.workers: dict[int, WorkerProcess] = {}
         self.wanted = 1 if config.reload else (config.workers or os.cpu_count() or 1)
@@ -253,6 +254,11 @@ class Supervisor:
                 self._spawn_blocked = True
             else:
                 self.config = config.replace(app=app, factory=False)
+        metrics_server = self._start_metrics()
+        if config.metrics_bind and metrics_server is None:
+            for listener in self.listeners:
+                listener.close()
+            return EXIT_STARTUP_FAILED
         self._wakeup_r, self._wakeup_w = os.pipe()
         os.set_blocking(self._wakeup_r, False)
         os.set_blocking(self._wakeup_w, False)
@@ -263,7 +269,6 @@ class Supervisor:
             watcher = threading.Thread(target=self._watch, name="threshold-reload", daemon=True)
             watcher.start()
         self._adopt_old_workers()
-        metrics_server = self._start_metrics()
         logger.info("Master %d starting %d worker(s)", os.getpid(), self.wanted)
         try:
             with PidFile(config.pid):
@@ -303,15 +308,16 @@ class Supervisor:
             return None
         self.metrics = SharedMetrics(1 + max(64, 2 * self.wanted))
         self.master_metrics = self.metrics.slot(0)
-        return _metrics_server(
+        self.metrics_server = _metrics_server(
             config.metrics_bind,
             self.metrics,
-            lambda: config.interface,
+            lambda: self.metrics.interface() if self.metrics else config.interface,
             lambda: (
                 not self._stopping
                 and any(w.ready and not w.stopping for w in self.workers.values())
             ),
         )
+        return self.metrics_server
 
     def _free_slot(self) -> int:
         if self.metrics is None:
@@ -509,6 +515,10 @@ class Supervisor:
         for worker in self.workers.values():
             if worker.pipe is not None:
                 os.close(worker.pipe)
+        if self.metrics_server is not None:
+            # The master's listener: a worker holding it would keep the port from a
+            # re-executed master (HUP with --preload) or outlive a killed master on it.
+            self.metrics_server.httpd.socket.close()
         config = self.config
         max_requests = 0
         if config.max_requests:
@@ -529,6 +539,8 @@ class Supervisor:
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue
+            if self.metrics is not None and worker.slot:
+                self.metrics.slot(worker.slot).start()  # its gauges and lost requests go
             if worker.pipe is not None:
                 os.close(worker.pipe)
             if worker.heartbeat is not None:

@@ -31,15 +31,20 @@ def decode_path(raw_path: bytes) -> str:
     return raw_path.decode("ascii")
 
 
+def _paths(raw_path: bytes, root_path: str) -> tuple[str, bytes]:
+    """``path`` and ``raw_path`` for a scope. Behind a proxy that strips the mount
+    prefix, ASGI paths include root_path (as uvicorn and Starlette expect)."""
+    path = decode_path(raw_path)
+    if root_path and not path.startswith(root_path):
+        return root_path + path, root_path.encode() + raw_path
+    return path, raw_path
+
+
 def build_websocket_scope(
     ws: WebSocketStream, root_path: str, state: dict[str, Any] | None
 ) -> Scope:
     head = ws.head
-    path = decode_path(head.raw_path)
-    raw_path = head.raw_path
-    if root_path and not path.startswith(root_path):
-        path = root_path + path
-        raw_path = root_path.encode() + raw_path
+    path, raw_path = _paths(head.raw_path, root_path)
     scope: Scope = {
         "type": "websocket",
         "asgi": {"version": ASGI_VERSION, "spec_version": WEBSOCKET_SPEC_VERSION},
@@ -62,12 +67,7 @@ def build_websocket_scope(
 
 def build_http_scope(stream: Stream, root_path: str, state: dict[str, Any] | None) -> Scope:
     head = stream.head
-    path = decode_path(head.raw_path)
-    raw_path = head.raw_path
-    if root_path and not path.startswith(root_path):
-        # Behind a proxy that strips the mount prefix: ASGI paths include root_path.
-        path = root_path + path
-        raw_path = root_path.encode() + raw_path
+    path, raw_path = _paths(head.raw_path, root_path)
     scope: Scope = {
         "type": "http",
         "asgi": {"version": ASGI_VERSION, "spec_version": HTTP_SPEC_VERSION},
@@ -84,6 +84,8 @@ def build_http_scope(stream: Stream, root_path: str, state: dict[str, Any] | Non
     }
     if state is not None:
         scope["state"] = state.copy()
+    if head.request_id is not None:  # --request-id: where Starlette's request.state looks
+        scope.setdefault("state", {})["request_id"] = head.request_id
     extensions = stream.extensions
     if extensions:
         scope["extensions"] = extensions

@@ -475,6 +475,8 @@ class WsgiHandler:
             environ["SERVER_PORT"] = "443" if head.scheme == "https" else "80"
         if head.scheme == "https":
             environ["HTTPS"] = "on"
+        if head.request_id is not None:  # --request-id (also in HTTP_X_REQUEST_ID)
+            environ["threshold.request_id"] = head.request_id
         empty_body = True
         for name, value in head.headers:
             if name == b"content-length":

@@ -26,6 +26,7 @@ PROTOCOLS = ("1.0", "1.1", "2")
 BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LIMITS = (408, 413, 414, 431, 503, 504)
 CONNECTION_KINDS = ("http1", "http2", "websocket")
+INTERFACES = ("asgi3", "asgi2", "wsgi")
 
 # Slot layout (float64 each).
 _REQUESTS = 0
@@ -41,7 +42,8 @@ _WEBSOCKETS = _CONNECTIONS + len(CONNECTION_KINDS)  # sessions opened (counter)
 _RESTARTS = _WEBSOCKETS + 1  # master only
 _HEARTBEAT_MISSES = _RESTARTS + 1  # master only
 _READY = _HEARTBEAT_MISSES + 1  # gauge: 1 when serving and not draining
-SLOT_FIELDS = _READY + 1
+_INTERFACE = _READY + 1  # 1 + index in INTERFACES of the app served (0: none)
+SLOT_FIELDS = _INTERFACE + 1
 SLOT_BYTES = SLOT_FIELDS * 8
 
 _METHOD_INDEX = {name: i for i, name in enumerate(METHODS)}
@@ -68,22 +70,36 @@ class SharedMetrics:
                 total[i] += view[base + i]
         return total
 
+    def interface(self) -> str:
+        """The interface a worker detected (the master does not load the app)."""
+        view = self._view
+        for slot in range(self.slots):
+            index = int(view[slot * SLOT_FIELDS + _INTERFACE])
+            if index:
+                return INTERFACES[index - 1]
+        return ""
+
 
 class WorkerMetrics:
     """One process's slot; ``observe`` runs once per completed response."""
 
-    __slots__ = ("lock", "view")
+    __slots__ = ("base", "lock", "view")
 
     def __init__(self, view: Any) -> None:
         self.view: Any = view
         self.lock: threading.Lock | None = None  # set when WSGI threads observe too
+        self.base = 0.0  # responses the slot's earlier processes completed
 
-    def start(self) -> None:
-        """A new process took the slot over: counters carry on, gauges restart."""
+    def start(self, interface: str = "") -> None:
+        """A new process took the slot over (or its process died): counters carry on,
+        gauges restart, and requests the dead process left unanswered are no longer
+        in flight (this process counts its starts on top of the slot's completions)."""
         view = self.view
         for i in range(_CONNECTIONS, _CONNECTIONS + len(CONNECTION_KINDS)):
             view[i] = 0.0
         view[_READY] = 0.0
+        view[_INTERFACE] = INTERFACES.index(interface) + 1 if interface in INTERFACES else 0
+        self.base = view[_STARTED] = sum(view[_REQUESTS : _REQUESTS + _N_REQUESTS])
 
     def observe(
         self, method: str, http_version: str, status: int, sent: int, received: int, duration: float
@@ -107,17 +123,15 @@ class WorkerMetrics:
         view[_HIST_SUM] += duration
         view[_BYTES_OUT] += sent
         view[_BYTES_IN] += received
-        if status in LIMITS:
-            view[_LIMITS + LIMITS.index(status)] += 1.0
 
     def limit_hit(self, status: int) -> None:
-        """A request refused by the protocol layer (no stream): 408, 413, 414, 431, 503."""
+        """A request refused by the server, not the app (408, 413, 414, 431, 503, 504)."""
         if status in LIMITS:
             self.view[_LIMITS + LIMITS.index(status)] += 1.0
 
     def publish(self, started: int, connections: dict[str, int], ready: bool) -> None:
         view = self.view
-        view[_STARTED] = started
+        view[_STARTED] = self.base + started
         for i, kind in enumerate(CONNECTION_KINDS):
             view[_CONNECTIONS + i] = connections.get(kind, 0)
         view[_READY] = 1.0 if ready else 0.0

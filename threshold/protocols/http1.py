@@ -16,7 +16,7 @@ import threading
 from collections import deque
 from http import HTTPStatus
 from time import perf_counter
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import httptools
 
@@ -24,7 +24,10 @@ from threshold.context import ServerContext
 from threshold.protocols.proxy import ProxyHeader
 from threshold.protocols.tlsinfo import tls_extension
 from threshold.protocols.websocket import WebSocketSession, handshake_error, upgrade_response
-from threshold.stream import ClientDisconnected, Headers, RequestHead, Stream
+from threshold.stream import ClientDisconnected, Headers, RequestHead, Stream, socket_address
+
+if TYPE_CHECKING:
+    from threshold.protocols.http2 import Http2Connection
 
 logger = logging.getLogger("threshold.error")
 
@@ -277,6 +280,9 @@ class Http1Stream(Stream):
         # One line per header: "a\r\nset-cookie: x" would match the pattern as two lines.
         if _HEADER_BLOCK.fullmatch(block) is None or block.count(b"\n") != len(parts) - 2:
             raise ValueError("invalid response header name, or CR/LF/NUL in a value")
+        rid = self.head.request_id
+        if rid is not None and all(n.lower() != b"x-request-id" for n, _ in headers):
+            parts.append(b"x-request-id: " + rid.encode("ascii") + b"\r\n")
         self.status = status
         self._content_length = content_length
         self._chunked = chunked
@@ -477,6 +483,9 @@ class Http1Stream(Stream):
             return False
         self._head_parts = None
         self.keep_alive = False
+        metrics = self.conn.ctx.metrics
+        if metrics is not None:
+            metrics.limit_hit(status)  # 413, 504, 503: the server's answer, not the app's
         body = f"{status} {HTTPStatus(status).phrase}\n".encode()
         self.send_head(status, [(b"content-type", b"text/plain; charset=utf-8")])
         self.send_body(body, False)
@@ -590,8 +599,8 @@ class Http1Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
-        self._client = _address(transport.get_extra_info("peername"))
-        self._server = _address(transport.get_extra_info("sockname"))
+        self._client = socket_address(transport.get_extra_info("peername"))
+        self._server = socket_address(transport.get_extra_info("sockname"))
         proxy = self._proxy
         if proxy is not None and not proxy.local:
             self._client, self._server = proxy.client, proxy.server
@@ -961,16 +970,21 @@ class Http1Connection(asyncio.Protocol):
             return False
         return True
 
-    def _switch_to_h2(self, data: bytes) -> None:
+    def _hand_to_h2(self) -> Http2Connection:
+        """This connection becomes HTTP/2: the transport gets a new protocol."""
         from threshold.protocols.http2 import Http2Connection
 
-        ctx = self.ctx
-        ctx.connections.discard(self)
+        self.ctx.connections.discard(self)
         self._closing = True
-        h2conn = Http2Connection(ctx, self.loop, self.extensions)
+        h2conn = Http2Connection(self.ctx, self.loop, self.extensions)
         self.transport.set_protocol(h2conn)
         h2conn.connection_made(self.transport)
+        # What this connection learnt (a PROXY header, TLS) stays true over HTTP/2.
         h2conn.client, h2conn.server, h2conn.scheme = self._client, self._server, self.scheme
+        return h2conn
+
+    def _switch_to_h2(self, data: bytes) -> None:
+        h2conn = self._hand_to_h2()
         h2conn.start()
         if data:
             h2conn.data_received(data)
@@ -984,8 +998,6 @@ class Http1Connection(asyncio.Protocol):
 
     def _upgrade_h2c(self, rest: bytes) -> None:
         """Upgrade: h2c — 101, then the request is answered on stream 1."""
-        from threshold.protocols.http2 import Http2Connection
-
         head = self._h2c_head
         assert head is not None
         settings = next(value for name, value in head.headers if name == b"http2-settings")
@@ -998,12 +1010,7 @@ class Http1Connection(asyncio.Protocol):
         self.transport.write(
             b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: h2c\r\n\r\n"
         )
-        ctx = self.ctx
-        ctx.connections.discard(self)
-        self._closing = True
-        h2conn = Http2Connection(ctx, self.loop, self.extensions)
-        self.transport.set_protocol(h2conn)
-        h2conn.connection_made(self.transport)
+        h2conn = self._hand_to_h2()
         try:
             h2conn.start_upgraded(settings, head)
         except Exception as exc:
@@ -1207,29 +1214,8 @@ class Http1Connection(asyncio.Protocol):
             stream._lost()
             self._close()
         elif stream.deadline and now > stream.deadline:
-            self._request_timed_out(stream)
-
-    def _request_timed_out(self, stream: Http1Stream) -> None:
-        head = stream.head
-        logger.error(
-            "Request %s %s exceeded timeout_request (%gs); %s",
-            head.method,
-            head.raw_path.decode("latin-1"),
-            self.ctx.timeout_request,
-            "cancelling it" if stream.cancel is not None else "abandoning its thread",
-        )
-        if not stream.send_error(504):
-            stream.abort()
-        stream._lost()
-        if stream.cancel is not None:
-            stream.cancel()
+            stream.expire(self.ctx.timeout_request)
 
     def abort(self) -> None:
         self._closing = True
         self.transport.abort()
-
-
-def _address(addr: Any) -> Any:
-    if isinstance(addr, tuple) and len(addr) >= 2:
-        return (str(addr[0]), int(addr[1]))
-    return None

@@ -28,7 +28,7 @@ from hyperframe.frame import GoAwayFrame
 
 from threshold.context import ServerContext
 from threshold.protocols.websocket import WebSocketSession, handshake_error
-from threshold.stream import ClientDisconnected, Headers, RequestHead, Stream
+from threshold.stream import ClientDisconnected, Headers, RequestHead, Stream, socket_address
 
 logger = logging.getLogger("threshold.error")
 
@@ -208,6 +208,9 @@ class Http2Stream(Stream):
                 raise ValueError("invalid response header")
             out.append((lname, bytes(value)))
         out.extend(self.conn.default_headers)
+        rid = self.head.request_id
+        if rid is not None and all(n != b"x-request-id" for n, _ in out):
+            out.append((b"x-request-id", rid.encode("ascii")))
         self.status = status
         self._head = out
 
@@ -280,6 +283,9 @@ class Http2Stream(Stream):
             return False
         self._head = None
         self.status = 0
+        metrics = self.conn.ctx.metrics
+        if metrics is not None:
+            metrics.limit_hit(status)  # 413, 504, 503: the server's answer, not the app's
         body = f"{status} {HTTPStatus(status).phrase}\n".encode()
         self.send_head(
             status,
@@ -348,8 +354,8 @@ class Http2Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
-        self.client = _address(transport.get_extra_info("peername"))
-        self.server = _address(transport.get_extra_info("sockname"))
+        self.client = socket_address(transport.get_extra_info("peername"))
+        self.server = socket_address(transport.get_extra_info("sockname"))
         if transport.get_extra_info("sslcontext") is not None:
             self.scheme = "https"
         self.ctx.connections.add(self)
@@ -744,22 +750,11 @@ class Http2Connection(asyncio.Protocol):
                 stream._lost()
         for stream in list(self.streams.values()):
             if stream.deadline and now > stream.deadline and not stream._finished:
-                logger.error("Request on stream %d exceeded timeout_request", stream.stream_id)
-                if not stream.send_error(504):
-                    stream.abort()
-                stream._lost()
-                if stream.cancel is not None:
-                    stream.cancel()
+                stream.expire(ctx.timeout_request)
 
     def abort(self) -> None:
         self._closing = True
         self.transport.abort()
-
-
-def _address(addr: Any) -> Any:
-    if isinstance(addr, tuple) and len(addr) >= 2:
-        return (str(addr[0]), int(addr[1]))
-    return None
 
 
 class StreamTunnel:

@@ -72,8 +72,10 @@ def _parse_v1(data: bytes) -> ProxyHeader | None:
         sport, dport = int(parts[4]), int(parts[5])
     except ValueError:
         raise ProxyProtocolError("bad address or port in PROXY v1 line") from None
-    if (src.version == 4) != (parts[1] == b"TCP4") or not (0 <= sport < 65536 > dport >= 0):
-        raise ProxyProtocolError("address family or port mismatch in PROXY v1 line")
+    if (src.version == 4) != (parts[1] == b"TCP4") or src.version != dst.version:
+        raise ProxyProtocolError("address family mismatch in PROXY v1 line")
+    if not (0 <= sport < 65536 > dport >= 0):
+        raise ProxyProtocolError("port out of range in PROXY v1 line")
     if parts[4] != str(sport).encode() or parts[5] != str(dport).encode():
         raise ProxyProtocolError("ports must be plain decimal")
     return ProxyHeader(end + 2, 1, client=(str(src), sport), server=(str(dst), dport))
@@ -114,9 +116,11 @@ def _parse_v2(data: bytes) -> ProxyHeader | None:
     elif transport_family == 0:  # AF_UNSPEC
         header.local = True
         return header
-    else:  # AF_UNIX: no IP addresses to report
+    elif transport_family == 3:  # AF_UNIX: no IP addresses to report
         header.local = True
         tlv_start = 216 if length >= 216 else length
+    else:  # spec section 2.2: other values must be rejected
+        raise ProxyProtocolError("unknown PROXY v2 address family")
     header.tlvs = _parse_tlvs(body[tlv_start:])
     return header
 
