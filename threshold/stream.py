@@ -147,6 +147,14 @@ class Stream:
         """Replace a response not yet on the wire by a plain error; False if too late."""
         raise NotImplementedError
 
+    def send_trailers(self, headers: Headers) -> None:
+        """End the response with trailer fields (after ``send_body(..., more=True)``)."""
+        raise NotImplementedError
+
+    def send_informational(self, status: int, headers: Headers) -> None:
+        """A 1xx response (e.g. 103 Early Hints) before the final head."""
+        raise NotImplementedError
+
     def _lost(self) -> None:
         """The protocol ends this exchange: body reads and sends raise ClientDisconnected."""
         raise NotImplementedError

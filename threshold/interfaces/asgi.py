@@ -87,24 +87,31 @@ def build_http_scope(stream: Stream, root_path: str, state: dict[str, Any] | Non
     if head.request_id is not None:  # --request-id: where Starlette's request.state looks
         scope.setdefault("state", {})["request_id"] = head.request_id
     extensions = stream.extensions
-    if extensions:
-        scope["extensions"] = extensions
+    scope["extensions"] = {**HTTP_EXTENSIONS, **extensions} if extensions else HTTP_EXTENSIONS
     return scope
 
 
 _DISCONNECT: Message = {"type": "http.disconnect"}
 
+# What apps may use (ASGI extensions); shared by every scope, so treat it as read-only.
+HTTP_EXTENSIONS: dict[str, Any] = {
+    "http.response.pathsend": {},
+    "http.response.trailers": {},
+    "http.response.early_hint": {},
+}
+
 
 class AsgiHttpCycle:
     """One HTTP request handed to an ASGI 3 app."""
 
-    __slots__ = ("_body_done", "_complete", "_started", "stream")
+    __slots__ = ("_body_done", "_complete", "_started", "_trailers", "stream")
 
     def __init__(self, stream: Stream) -> None:
         self.stream = stream
         self._started = False
         self._complete = False
         self._body_done = False
+        self._trailers: list[Any] | None = None  # http.response.trailers expected
 
     async def run(self, app: ASGIApp, scope: Scope) -> None:
         stream = self.stream
@@ -164,9 +171,10 @@ class AsgiHttpCycle:
             if self._complete:
                 raise RuntimeError("ASGI: http.response.body sent after the response completed")
             more = message.get("more_body", False)
-            if not more:
+            if not more and self._trailers is None:
                 self._complete = True
-            stream.send_body(message.get("body", b""), more)
+            # With trailers to come, the response ends with them, not with the body.
+            stream.send_body(message.get("body", b""), more or self._trailers is not None)
             if stream.write_paused:
                 await stream.drain()
         elif kind == "http.response.start":
@@ -174,6 +182,19 @@ class AsgiHttpCycle:
                 raise RuntimeError("ASGI: http.response.start sent twice")
             stream.send_head(message["status"], message.get("headers", ()))
             self._started = True
+            if message.get("trailers", False):
+                self._trailers = []
+        elif kind == "http.response.trailers":
+            if self._trailers is None or self._complete:
+                raise RuntimeError("ASGI: http.response.trailers without trailers=True")
+            self._trailers.extend(message.get("headers", ()))
+            if not message.get("more_trailers", False):
+                self._complete = True
+                stream.send_trailers(self._trailers)
+        elif kind == "http.response.early_hint":
+            if self._started:
+                raise RuntimeError("ASGI: http.response.early_hint after http.response.start")
+            stream.send_informational(103, [(b"link", link) for link in message.get("links", ())])
         elif kind == "http.response.pathsend":
             if not self._started or self._complete:
                 raise RuntimeError("ASGI: http.response.pathsend out of order")

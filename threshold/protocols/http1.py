@@ -315,6 +315,27 @@ class Http1Stream(Stream):
             parts.append(b"connection: keep-alive\r\n")
         parts.append(b"\r\n")
 
+    def send_trailers(self, headers: Headers) -> None:
+        if not self._head_written:
+            self.conn.transport.write(self._render(b"", True))  # chunked framing from here
+        if self._disconnected:
+            raise ClientDisconnected("client disconnected")
+        if self._chunked:
+            block = b"".join(bytes(n).lower() + b": " + bytes(v) + b"\r\n" for n, v in headers)
+            if _HEADER_BLOCK.fullmatch(block) is None or block.count(b"\n") != len(headers):
+                raise ValueError("invalid trailer field")
+            self.conn.transport.write(b"0\r\n" + block + b"\r\n")
+        # Otherwise (HTTP/1.0, HEAD, an app Content-Length) nothing can carry them: dropped.
+        self._finish()
+
+    def send_informational(self, status: int, headers: Headers) -> None:
+        if self._head_written or self._http10 or self._disconnected or not 100 <= status < 200:
+            return  # too late, or a client that may not understand 1xx (RFC 9110 15.2)
+        block = b"".join(bytes(n).lower() + b": " + bytes(v) + b"\r\n" for n, v in headers)
+        if _HEADER_BLOCK.fullmatch(block) is None or block.count(b"\n") != len(headers):
+            raise ValueError("invalid informational header")
+        self.conn.transport.write(_status_line(status) + block + b"\r\n")
+
     def send_body(self, data: bytes, more: bool) -> None:
         out = self._render(data, more)
         if out:

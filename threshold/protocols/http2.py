@@ -96,6 +96,7 @@ class Http2Stream(Stream):
         "_is_head",
         "_pending",
         "_received",
+        "_trailers",
         "_unacked",
         "_waiter",
         "blocked_since",
@@ -118,6 +119,7 @@ class Http2Stream(Stream):
         self._body: list[bytes] = []
         self._unacked = 0  # flow-controlled bytes received, not yet read by the app
         self._received = 0
+        self._trailers: list[tuple[bytes, bytes]] | None = None
         self._body_done = False
         self._waiter: asyncio.Future[None] | None = None
         self._disconnected = False
@@ -213,6 +215,30 @@ class Http2Stream(Stream):
             out.append((b"x-request-id", rid.encode("ascii")))
         self.status = status
         self._head = out
+
+    def send_trailers(self, headers: Headers) -> None:
+        if self._head is not None or not self._head_sent:
+            self.send_body(b"", True)
+        trailers = []
+        for name, value in headers:
+            lname = bytes(name).lower()
+            if lname in _HOP_BY_HOP or lname[:1] == b":":
+                continue
+            if b"\r" in value or b"\n" in value or b"\x00" in value or not lname:
+                raise ValueError("invalid trailer field")
+            trailers.append((lname, bytes(value)))
+        self._trailers = trailers
+        self.send_body(b"", False)  # ends with a HEADERS frame carrying the trailers
+
+    def send_informational(self, status: int, headers: Headers) -> None:
+        if self._head_sent or self._disconnected or not 100 <= status < 200:
+            return
+        out = [(b":status", b"%d" % status)]
+        for name, value in headers:
+            if b"\r" in value or b"\n" in value or b"\x00" in value:
+                raise ValueError("invalid informational header")
+            out.append((bytes(name).lower(), bytes(value)))
+        self.conn._send_headers(self.stream_id, out, False)
 
     def send_body(self, data: bytes, more: bool) -> None:
         if self._finished:
@@ -635,13 +661,16 @@ class Http2Connection(asyncio.Protocol):
                     return
                 chunk = bytes(pending[:size])
                 del pending[:size]
-                end = not pending and stream._end_pending
+                end = not pending and stream._end_pending and stream._trailers is None
                 h2conn.send_data(sid, chunk, end_stream=end)
                 if end:
                     stream._end_pending = False
             if stream._end_pending:
                 stream._end_pending = False
-                h2conn.end_stream(sid)
+                if stream._trailers is not None:
+                    h2conn.send_headers(sid, stream._trailers, end_stream=True)
+                else:
+                    h2conn.end_stream(sid)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             stream._lost()
             stream._pending.clear()
