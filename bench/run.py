@@ -2,15 +2,17 @@
 
 Usage (from the repo root; ``make bench`` / ``make bench-quick`` do this)::
 
-    python bench/run.py            # full: every scenario at 1, 64 and 256 connections
-    python bench/run.py --quick    # hello-world only, 64 connections, 3 rounds
+    python bench/run.py            # full: every workload, idle RSS, start-up time
+    python bench/run.py --quick    # hello-world only, 64 connections, 3 rounds (~2 min)
 
 The script does its own set-up: it creates ``bench/.venv`` with the peers pinned in
 ``bench/requirements.txt`` plus Threshold (editable), and installs ``wrk`` and
 ``h2load`` from Debian when they are missing. Each server runs one worker pinned to
-one core; wrk runs pinned to another. Servers of a scenario are started together,
-warmed up, then measured in interleaved rounds (A B C A B C ...); the median round is
-reported. Results go to stdout, ``bench/results/*.json`` and ``docs/benchmarks.md``.
+one core; the load generator (wrk, h2load or ``bench/wsload.py``) runs pinned to
+another. Servers of a scenario are started together, warmed up, then measured in
+interleaved rounds (A B C A B C ...); the median round is reported. Results go to
+stdout and ``bench/results/*.json``; a full run also rewrites ``docs/benchmarks.md``
+and ``docs/benchmarks.png`` (``bench/report.py`` redoes both from a results file).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import hashlib
 import json
 import os
 import platform
+import resource
 import shlex
 import shutil
 import signal
@@ -29,187 +32,48 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import report
+from suite import (
+    H2_STREAMS,
+    HOST,
+    SCENARIOS,
+    SERVERS,
+    VENV_BIN,
+    WS_MESSAGE_SIZE,
+    Scenario,
+    Server,
+    file_content,
+    hello_scenario,
+    servers_for,
+)
+
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 VENV = BENCH / ".venv"
-VENV_BIN = VENV / "bin"
 RESULTS = BENCH / "results"
-DOCS = REPO / "docs" / "benchmarks.md"
 REQUIREMENTS = BENCH / "requirements.txt"
 
-HOST = "127.0.0.1"
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
-ECHO_BODY_SIZE = 4096
 # A core busier than this before the run, or other processes taking more than this of
 # the server's core in a round, make the report warn that req/s are noisy.
 BUSY_WARNING = 0.05
 # Packages whose versions the report names (distribution names in bench/.venv).
 VERSIONED = ("threshold", "uvicorn", "granian", "hypercorn", "gunicorn", "waitress")
-VERSIONED_LIBS = ("uvloop", "httptools")
-
-
-# --------------------------------------------------------------------------- scenarios
-
-
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    interface: str  # "asgi" or "wsgi"
-    app: str  # attribute of bench.apps
-    title: str
-    method: str = "GET"
-    path: str = "/"
-    body: bytes = b""
-    quick: bool = False
-
-    @property
-    def target(self) -> str:
-        return f"bench.apps:{self.app}"
-
-    def expected_body(self) -> bytes:
-        if self.app.endswith("_10k"):
-            return b"x" * 10240
-        if self.app.endswith("_echo"):
-            return self.body
-        return b"Hello, world!"
-
-
-_ECHO = b"e" * ECHO_BODY_SIZE
-SCENARIOS: tuple[Scenario, ...] = (
-    Scenario("hello-asgi", "asgi", "asgi_app", "ASGI hello-world (13 B)", quick=True),
-    Scenario("hello-wsgi", "wsgi", "wsgi_app", "WSGI hello-world (13 B)", quick=True),
-    Scenario("10k-asgi", "asgi", "asgi_10k", "ASGI GET 10 KiB"),
-    Scenario("10k-wsgi", "wsgi", "wsgi_10k", "WSGI GET 10 KiB"),
-    Scenario("echo-asgi", "asgi", "asgi_echo", "ASGI POST echo 4 KiB", "POST", "/echo", _ECHO),
-    Scenario("echo-wsgi", "wsgi", "wsgi_echo", "WSGI POST echo 4 KiB", "POST", "/echo", _ECHO),
-)
-
-
-# --------------------------------------------------------------------------- servers
-
-Argv = Callable[[str, int], list[str]]
-
-
-def _bin(name: str) -> str:
-    return str(VENV_BIN / name)
-
-
-@dataclass(frozen=True)
-class Server:
-    name: str  # unique label in tables, e.g. "uvicorn"
-    interface: str
-    argv: Argv
-    full_only: bool = False
-    note: str = ""
-
-
-SERVERS: tuple[Server, ...] = (
-    Server(
-        "threshold",
-        "asgi",
-        lambda app, port: [
-            _bin("threshold"), app, "--bind", f"{HOST}:{port}", "--interface", "asgi3",
-            "--no-access-log", "--log-level", "warning",
-        ],
-    ),
-    Server(
-        "uvicorn",
-        "asgi",
-        lambda app, port: [
-            _bin("uvicorn"), app, "--host", HOST, "--port", str(port), "--loop", "uvloop",
-            "--http", "httptools", "--no-access-log", "--log-level", "warning",
-        ],
-        note="httptools + uvloop",
-    ),
-    Server(
-        "granian",
-        "asgi",
-        lambda app, port: [
-            _bin("granian"), "--interface", "asgi", "--host", HOST, "--port", str(port),
-            "--workers", "1", "--runtime-threads", "1", "--loop", "uvloop", "--http", "1",
-            "--no-access-log", "--log-level", "warning", app,
-        ],
-        note="uvloop, HTTP/1 only, 1 runtime thread",
-    ),
-    Server(
-        "hypercorn",
-        "asgi",
-        lambda app, port: [
-            _bin("hypercorn"), "--bind", f"{HOST}:{port}", "--workers", "1",
-            "--worker-class", "uvloop", "--log-level", "warning", app,
-        ],
-        full_only=True,
-        note="uvloop worker",
-    ),
-    Server(
-        "threshold",
-        "wsgi",
-        lambda app, port: [
-            _bin("threshold"), app, "--bind", f"{HOST}:{port}", "--interface", "wsgi",
-            "--threads", "8", "--no-access-log", "--log-level", "warning",
-        ],
-        note="8 threads",
-    ),
-    Server(
-        "gunicorn",
-        "wsgi",
-        lambda app, port: [
-            _bin("gunicorn"), "-k", "gthread", "--threads", "8", "-w", "1",
-            "--bind", f"{HOST}:{port}", "--log-level", "warning", "--graceful-timeout", "5",
-            app,
-        ],
-        note="gthread, 8 threads",
-    ),
-    Server(
-        "granian",
-        "wsgi",
-        lambda app, port: [
-            _bin("granian"), "--interface", "wsgi", "--host", HOST, "--port", str(port),
-            "--workers", "1", "--runtime-threads", "1", "--blocking-threads", "8",
-            "--http", "1", "--no-access-log", "--log-level", "warning", app,
-        ],
-        # granian's WSGI default is backpressure/2 = 512 blocking threads; pin to 8 like
-        # the others so the comparison is of servers, not of pool sizes.
-        note="8 blocking threads, HTTP/1 only",
-    ),
-    Server(
-        "waitress",
-        "wsgi",
-        lambda app, port: [
-            _bin("waitress-serve"), f"--listen={HOST}:{port}", "--threads=8",
-            # The default limit of 100 connections would make -c256 measure the limit.
-            "--connection-limit=1024", app,
-        ],
-        note="8 threads, connection limit 1024",
-    ),
-    Server(
-        "uvicorn",
-        "wsgi",
-        lambda app, port: [
-            _bin("uvicorn"), app, "--interface", "wsgi", "--host", HOST, "--port", str(port),
-            "--loop", "uvloop", "--http", "httptools", "--no-access-log",
-            "--log-level", "warning",
-        ],
-        full_only=True,
-        note="--interface wsgi, httptools + uvloop",
-    ),
-)  # fmt: skip
-
-BASELINES = {"asgi": ("uvicorn", "granian"), "wsgi": ("uvicorn", "granian", "gunicorn")}
-
-
-# --------------------------------------------------------------------------- set-up
+VERSIONED_LIBS = ("uvloop", "httptools", "websockets", "h2", "matplotlib")
 
 
 def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- set-up
 
 
 def _apt_install(packages: Sequence[str]) -> bool:
@@ -225,7 +89,7 @@ def _apt_install(packages: Sequence[str]) -> bool:
 
 
 def ensure_tools() -> None:
-    """wrk and taskset are required; h2load (for the HTTP/2 benchmarks) is best effort."""
+    """wrk and taskset are required; h2load (for the HTTP/2 benchmark) is best effort."""
     for tool, package, required in (
         ("wrk", "wrk", True),
         ("taskset", "util-linux", True),
@@ -287,6 +151,29 @@ def ensure_editable_threshold() -> None:
     _pip_install("--no-deps", "-e", str(REPO))
 
 
+def raise_nofile() -> int:
+    """Lift the soft open-files limit to the hard one; servers started later inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def wait_for_quiet(limit_s: float, below: float, poll_s: float = 15.0) -> dict[str, Any]:
+    """Poll the 1-minute load average until it is below ``below``, for at most limit_s."""
+    first = os.getloadavg()[0]
+    started = time.monotonic()
+    load = first
+    while load >= below and time.monotonic() - started < limit_s:
+        log(f"load average {load:.2f} >= {below:g}; waiting (up to {limit_s / 60:.0f} min)")
+        time.sleep(min(poll_s, max(0.0, limit_s - (time.monotonic() - started))))
+        load = os.getloadavg()[0]
+    waited = time.monotonic() - started
+    if load >= below:
+        log(f"the machine did not get quiet (load {load:.2f}); running anyway")
+    return {"before_wait": round(first, 2), "waited_s": round(waited), "quiet": load < below}
+
+
 # --------------------------------------------------------------------------- processes
 
 
@@ -335,6 +222,21 @@ def _tree_cpu(pid: int) -> int:
     return total
 
 
+def _rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def tree_rss_kib(pid: int) -> int:
+    """VmRSS of a process plus its descendants (a master and its worker), in KiB."""
+    return sum(_rss_kib(p) for p in (pid, *(child for child, _ in _descendants(pid))))
+
+
 def _core_ticks(core: int) -> tuple[int, int]:
     """(busy, total) clock ticks of one core since boot, from /proc/stat."""
     prefix = f"cpu{core} "
@@ -353,11 +255,17 @@ def busy_share(core: int, seconds: float) -> float:
     return (busy1 - busy0) / (total1 - total0) if total1 > total0 else 0.0
 
 
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    """Terminate, then kill after a timeout; the same for any descendant left behind."""
-    descendants = _descendants(proc.pid)
-    if proc.poll() is None:
-        proc.terminate()
+def stop_processes(procs: Sequence[subprocess.Popen[bytes]]) -> None:
+    """Terminate all at once, then kill what outlives a timeout; the same for descendants.
+
+    Descendants are listed before the signal: once a parent dies its children are
+    re-parented and could no longer be told apart from processes we did not start.
+    """
+    descendants = [d for proc in procs for d in _descendants(proc.pid)]
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
         try:
             proc.wait(STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
@@ -384,24 +292,33 @@ def free_port() -> int:
         return port
 
 
-def http_request(port: int, scenario: Scenario, timeout: float = 2.0) -> tuple[int, bytes]:
-    """One request on a fresh connection; returns (status, body)."""
+def _request_bytes(port: int, scenario: Scenario, keep_alive: bool = False) -> bytes:
     head = (
         f"{scenario.method} {scenario.path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
-        f"Content-Length: {len(scenario.body)}\r\nConnection: close\r\n\r\n"
+        f"Content-Length: {len(scenario.body)}\r\n"
     )
-    with socket.create_connection((HOST, port), timeout=timeout) as sock:
-        sock.sendall(head.encode() + scenario.body)
-        data = b""
-        while b"\r\n\r\n" not in data or len(data) < _wanted(data):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+    if not keep_alive:
+        head += "Connection: close\r\n"
+    return head.encode() + b"\r\n" + scenario.body
+
+
+def _read_response(sock: socket.socket) -> tuple[int, bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data or len(data) < _wanted(data):
+        chunk = sock.recv(262144)
+        if not chunk:
+            break
+        data += chunk
     head_bytes, _, body = data.partition(b"\r\n\r\n")
-    lines = head_bytes.split(b"\r\n")
-    status = int(lines[0].split()[1])
+    status = int(head_bytes.split(b"\r\n")[0].split()[1])
     return status, body
+
+
+def http_request(port: int, scenario: Scenario, timeout: float = 2.0) -> tuple[int, bytes]:
+    """One HTTP/1.1 request on a fresh connection; returns (status, body)."""
+    with socket.create_connection((HOST, port), timeout=timeout) as sock:
+        sock.sendall(_request_bytes(port, scenario))
+        return _read_response(sock)
 
 
 def _wanted(data: bytes) -> int:
@@ -414,6 +331,19 @@ def _wanted(data: bytes) -> int:
     return sys.maxsize  # read to EOF
 
 
+def h2_request(port: int) -> tuple[int, bytes]:
+    """One h2c request with h2load (the servers under test for h2c may not speak HTTP/1.1)."""
+    socket.create_connection((HOST, port), timeout=2.0).close()
+    done = subprocess.run(
+        ["h2load", "-n1", "-c1", f"http://{HOST}:{port}/"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    ok = "1 succeeded" in done.stdout and "1 2xx" in done.stdout
+    return (200, b"") if ok else (0, done.stdout.encode()[-200:])
+
+
 @dataclass
 class Running:
     server: Server
@@ -422,6 +352,8 @@ class Running:
     proc: subprocess.Popen[bytes] | None = None
     error: str = ""
     log_path: Path | None = None
+    started_at: float = 0.0
+    ready_after: float = 0.0
 
     def log_tail(self, lines: int = 15) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -430,14 +362,27 @@ class Running:
         return "\n".join(text[-lines:])
 
 
-def start_server(server: Server, scenario: Scenario, core: int, log_dir: Path) -> Running:
-    port = free_port()
-    argv = server.argv(scenario.target, port)
-    running = Running(server, port, argv)
-    running.log_path = log_dir / f"{scenario.name}-{server.name}.log"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def server_env(bench_file: Path) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "BENCH_FILE_PATH": str(bench_file)}
     env.pop("VIRTUAL_ENV", None)
-    with running.log_path.open("wb") as out:
+    return env
+
+
+def start_server(
+    server: Server,
+    scenario: Scenario,
+    core: int,
+    log_path: Path,
+    env: dict[str, str],
+    extra: tuple[str, ...] = (),
+    poll_s: float = 0.05,
+) -> Running:
+    """Start a server pinned to core and wait until it answers the scenario correctly."""
+    port = free_port()
+    argv = server.command(scenario.target(server.name), port, extra)
+    running = Running(server, port, argv, log_path=log_path)
+    with log_path.open("ab") as out:
+        running.started_at = time.perf_counter()
         try:
             running.proc = subprocess.Popen(
                 ["taskset", "-c", str(core), *argv],
@@ -457,26 +402,33 @@ def start_server(server: Server, scenario: Scenario, core: int, log_dir: Path) -
             running.error = f"exited with code {code} before it was ready"
             return running
         try:
-            status, body = http_request(port, scenario)
-        except (OSError, ValueError, IndexError):
+            if scenario.kind == "h2":
+                status, body = h2_request(port)
+                expected = b""
+            else:
+                status, body = http_request(port, scenario)
+                expected = scenario.expected
+        except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
             if time.monotonic() > deadline:
                 running.error = f"not ready after {READY_TIMEOUT:.0f} s"
                 return running
-            time.sleep(0.05)
+            time.sleep(poll_s)
             continue
-        if status != 200 or body != scenario.expected_body():
+        running.ready_after = time.perf_counter() - running.started_at
+        if status != 200 or body != expected:
             running.error = f"wrong response: status {status}, {len(body)} body bytes"
         return running
 
 
 @contextmanager
 def servers_running(
-    servers: Sequence[Server], scenario: Scenario, core: int, log_dir: Path
+    servers: Sequence[Server], scenario: Scenario, core: int, log_dir: Path, env: dict[str, str]
 ) -> Iterator[list[Running]]:
     started: list[Running] = []
     try:
         for server in servers:
-            running = start_server(server, scenario, core, log_dir)
+            log_path = log_dir / f"{scenario.name}-{server.name.replace(' ', '_')}.log"
+            running = start_server(server, scenario, core, log_path, env)
             started.append(running)
             if running.error:
                 log(f"{scenario.name}: {server.name} failed: {running.error}")
@@ -484,12 +436,10 @@ def servers_running(
                     log("  " + tail.replace("\n", "\n  "))
         yield started
     finally:
-        for running in started:
-            if running.proc is not None:
-                stop_process(running.proc)
+        stop_processes([r.proc for r in started if r.proc is not None])
 
 
-# --------------------------------------------------------------------------- wrk
+# --------------------------------------------------------------------------- load generators
 
 _LUA_DONE = """
 done = function(summary, latency, requests)
@@ -504,6 +454,18 @@ done = function(summary, latency, requests)
 end
 """
 
+# wrk always writes HTTP/1.1; an HTTP/1.0 request line needs a request() function. It
+# returns one prebuilt string, so the cost stays on wrk's core.
+_LUA_HTTP10 = """
+local req
+init = function(args)
+  req = "GET / HTTP/1.0\\r\\nHost: " .. wrk.host .. ":" .. wrk.port .. "\\r\\n\\r\\n"
+end
+request = function()
+  return req
+end
+"""
+
 
 def wrk_script(scenario: Scenario, directory: Path) -> Path:
     """A script that only sets the request and reports in done(): wrk's fast path stays."""
@@ -511,6 +473,8 @@ def wrk_script(scenario: Scenario, directory: Path) -> Path:
     if scenario.body:
         lines.append(f'wrk.body = "{scenario.body.decode("ascii")}"')
         lines.append('wrk.headers["Content-Type"] = "application/octet-stream"')
+    if scenario.http10:
+        lines.append(_LUA_HTTP10)
     path = directory / f"{scenario.name}.lua"
     path.write_text("\n".join(lines) + "\n" + _LUA_DONE)
     return path
@@ -518,7 +482,7 @@ def wrk_script(scenario: Scenario, directory: Path) -> Path:
 
 @dataclass
 class Round:
-    requests_per_s: float
+    requests_per_s: float  # messages per second for WebSocket
     p50_ms: float
     p99_ms: float
     requests: int
@@ -535,37 +499,124 @@ class Round:
         return self.requests_per_s / self.server_cpu if self.server_cpu else 0.0
 
 
-def wrk_command(core: int, connections: int, seconds: float, script: Path, url: str) -> list[str]:
+def load_command(
+    scenario: Scenario, core: int, connections: int, seconds: int, port: int, work_dir: Path
+) -> list[str]:
+    """The pinned load-generator command for one run of a scenario against one port."""
+    pin = ["taskset", "-c", str(core)]
+    if scenario.kind == "h2":
+        return [
+            *pin, "h2load", f"-c{connections}", f"-m{H2_STREAMS}", "-t1", "-D", str(seconds),
+            f"--log-file={work_dir / 'h2load.log'}", f"http://{HOST}:{port}{scenario.path}",
+        ]  # fmt: skip
+    if scenario.kind == "ws":
+        return [
+            *pin, str(VENV_BIN / "python"), str(BENCH / "wsload.py"),
+            f"ws://{HOST}:{port}{scenario.path}", "-c", str(connections), "-d", str(seconds),
+            "--size", str(WS_MESSAGE_SIZE),
+        ]  # fmt: skip
+    script = work_dir / f"{scenario.name}.lua"
     return [
-        "taskset", "-c", str(core), "wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s",
-        "--latency", "-s", str(script), url,
+        *pin, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
+        "-s", str(script), f"http://{HOST}:{port}{scenario.path}",
     ]  # fmt: skip
 
 
-def run_wrk(argv: list[str], seconds: float) -> Round | str:
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
-    except subprocess.TimeoutExpired:
-        return "wrk timed out"
-    for line in done.stdout.splitlines():
+def _parse_wrk(stdout: str) -> Round | None:
+    for line in stdout.splitlines():
         if line.startswith("BENCH_JSON "):
             data = json.loads(line.removeprefix("BENCH_JSON "))
-            errors = {
-                "non_2xx_3xx": data["status"],
-                "connect": data["connect"],
-                "read": data["read"],
-                "write": data["write"],
-                "timeout": data["timeout"],
-            }
             duration = data["duration_us"] / 1e6
             return Round(
                 requests_per_s=data["requests"] / duration if duration else 0.0,
                 p50_ms=data["p50_us"] / 1000,
                 p99_ms=data["p99_us"] / 1000,
                 requests=data["requests"],
-                errors=errors,
+                errors={
+                    "non_2xx_3xx": data["status"],
+                    "connect": data["connect"],
+                    "read": data["read"],
+                    "write": data["write"],
+                    "timeout": data["timeout"],
+                },
             )
-    return f"wrk failed ({done.returncode}): {(done.stderr or done.stdout).strip()[-300:]}"
+    return None
+
+
+def _parse_ws(stdout: str) -> Round | None:
+    for line in stdout.splitlines():
+        if line.startswith("BENCH_JSON "):
+            data = json.loads(line.removeprefix("BENCH_JSON "))
+            duration = data["duration_us"] / 1e6
+            return Round(
+                requests_per_s=data["messages"] / duration if duration else 0.0,
+                p50_ms=data["p50_us"] / 1000,
+                p99_ms=data["p99_us"] / 1000,
+                requests=data["messages"],
+                errors={"connection": data["errors"], "closed": data["closed"]},
+            )
+    return None
+
+
+def _parse_h2load(stdout: str, log_file: Path) -> Round | None:
+    rate = None
+    counts: dict[str, int] = {}
+    for line in stdout.splitlines():
+        if line.startswith("finished in"):
+            rate = float(line.split(",")[1].split()[0])
+        elif line.startswith("requests:"):
+            for part in line.removeprefix("requests:").split(","):
+                value, name = part.split()
+                counts[name] = int(value)
+        elif line.startswith("status codes:"):
+            parts = line.removeprefix("status codes:").split(",")
+            counts["non_2xx"] = sum(int(p.split()[0]) for p in parts if "2xx" not in p)
+    if rate is None or not counts:
+        return None
+    # Response times of requests that finished (column 3, microseconds).
+    times: list[int] = []
+    try:
+        for row in log_file.read_text().splitlines():
+            cols = row.split("\t")
+            if len(cols) >= 3 and cols[1] != "-1":
+                times.append(int(cols[2]))
+        log_file.unlink()
+    except (OSError, ValueError):
+        pass
+    times.sort()
+
+    def pct(p: float) -> float:
+        return times[min(len(times) - 1, int(len(times) * p))] / 1000 if times else 0.0
+
+    return Round(
+        requests_per_s=rate,
+        p50_ms=pct(0.50),
+        p99_ms=pct(0.99),
+        requests=counts.get("succeeded", 0),
+        errors={
+            "failed": counts.get("failed", 0),
+            "errored": counts.get("errored", 0),
+            "timeout": counts.get("timeout", 0),
+            "non_2xx": counts.get("non_2xx", 0),
+        },
+    )
+
+
+def run_load(scenario: Scenario, argv: list[str], seconds: int, work_dir: Path) -> Round | str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
+    except subprocess.TimeoutExpired:
+        return f"{argv[3]} timed out"
+    if scenario.kind == "h2":
+        outcome = _parse_h2load(done.stdout, work_dir / "h2load.log")
+    elif scenario.kind == "ws":
+        outcome = _parse_ws(done.stdout)
+    else:
+        outcome = _parse_wrk(done.stdout)
+    if outcome is not None:
+        return outcome
+    tail = (done.stderr or done.stdout).strip()[-300:]
+    return f"{Path(argv[3]).name} failed ({done.returncode}): {tail}"
 
 
 # --------------------------------------------------------------------------- rounds
@@ -574,29 +625,33 @@ def run_wrk(argv: list[str], seconds: float) -> Round | str:
 @dataclass(frozen=True)
 class Plan:
     rounds: int
-    duration: float
-    warmup: float
+    duration: int
+    warmup: int
     connections: list[int]
     server_core: int
     client_core: int
     work_dir: Path
 
+    def connections_for(self, scenario: Scenario) -> list[int]:
+        return list(scenario.connections) or self.connections
+
 
 def measure(
-    running: Running, scenario: Scenario, connections: int, plan: Plan, script: Path, seconds: float
+    running: Running, scenario: Scenario, connections: int, plan: Plan, seconds: int
 ) -> Round | str:
-    """One wrk run against one server, with the CPU shares of both cores over it."""
+    """One load run against one server, with the CPU shares of both cores over it."""
     if running.proc is None:
         return "not started"
     pid = running.proc.pid
-    url = f"http://{HOST}:{running.port}{scenario.path}"
-    argv = wrk_command(plan.client_core, connections, seconds, script, url)
+    argv = load_command(
+        scenario, plan.client_core, connections, seconds, running.port, plan.work_dir
+    )
     cpu0, server0, client0 = (
         _tree_cpu(pid),
         _core_ticks(plan.server_core),
         _core_ticks(plan.client_core),
     )
-    outcome = run_wrk(argv, seconds)
+    outcome = run_load(scenario, argv, seconds, plan.work_dir)
     cpu1, server1, client1 = (
         _tree_cpu(pid),
         _core_ticks(plan.server_core),
@@ -610,51 +665,6 @@ def measure(
     return outcome
 
 
-def run_scenario(scenario: Scenario, group: Sequence[Server], plan: Plan) -> list[Result]:
-    """Start the group, warm each server up, then measure in interleaved rounds."""
-    script = wrk_script(scenario, plan.work_dir)
-    with servers_running(group, scenario, plan.server_core, plan.work_dir) as running:
-        results = {
-            (c, r.server.name): Result(
-                scenario.name,
-                scenario.interface,
-                c,
-                r.server.name,
-                shlex.join(r.argv),
-                status=r.error or "ok",
-            )
-            for c in plan.connections
-            for r in running
-        }
-        live = [r for r in running if not r.error]
-        for r in live:
-            measure(r, scenario, max(plan.connections), plan, script, plan.warmup)
-        for c in plan.connections:
-            for i in range(plan.rounds):
-                for r in live:
-                    result = results[(c, r.server.name)]
-                    if result.status != "ok":
-                        continue
-                    if r.proc is None or r.proc.poll() is not None:
-                        result.status = "server exited during the run"
-                        continue
-                    outcome = measure(r, scenario, c, plan, script, plan.duration)
-                    if isinstance(outcome, str):
-                        result.status = outcome
-                        continue
-                    result.rounds.append(outcome)
-                    log(
-                        f"{scenario.name} c={c} round {i + 1}/{plan.rounds} {r.server.name}: "
-                        f"{outcome.requests_per_s:,.0f} req/s, server CPU "
-                        f"{outcome.server_cpu:.0%}, others on its core "
-                        f"{outcome.server_core_other:.0%}"
-                    )
-    return list(results.values())
-
-
-# --------------------------------------------------------------------------- results
-
-
 @dataclass
 class Result:
     scenario: str
@@ -665,50 +675,17 @@ class Result:
     status: str = "ok"
     rounds: list[Round] = field(default_factory=list)
 
-    def _median(self, key: Callable[[Round], float]) -> float:
-        return statistics.median(key(r) for r in self.rounds) if self.rounds else 0.0
-
-    @property
-    def requests_per_s(self) -> float:
-        return self._median(lambda r: r.requests_per_s)
-
-    @property
-    def p50_ms(self) -> float:
-        return self._median(lambda r: r.p50_ms)
-
-    @property
-    def p99_ms(self) -> float:
-        return self._median(lambda r: r.p99_ms)
-
-    @property
-    def server_cpu(self) -> float:
-        return self._median(lambda r: r.server_cpu)
-
-    @property
-    def per_cpu_second(self) -> float:
-        return self._median(lambda r: r.per_cpu_second)
-
-    @property
-    def worst_other(self) -> float:
-        """The most CPU that other processes took on the server's core in any round."""
-        return max((r.server_core_other for r in self.rounds), default=0.0)
-
-    @property
-    def spread(self) -> float:
-        """(max - min) / median of req/s over the rounds."""
-        values = [r.requests_per_s for r in self.rounds]
-        median = self.requests_per_s
-        return (max(values) - min(values)) / median if values and median else 0.0
-
-    @property
-    def errors(self) -> dict[str, int]:
-        total: dict[str, int] = {}
-        for r in self.rounds:
-            for key, value in r.errors.items():
-                total[key] = total.get(key, 0) + value
-        return total
+    def median(self, name: str) -> float:
+        values = [getattr(r, name) for r in self.rounds]
+        return statistics.median(values) if values else 0.0
 
     def to_json(self) -> dict[str, Any]:
+        rates = [r.requests_per_s for r in self.rounds]
+        median = self.median("requests_per_s")
+        errors: dict[str, int] = {}
+        for r in self.rounds:
+            for key, value in r.errors.items():
+                errors[key] = errors.get(key, 0) + value
         return {
             "scenario": self.scenario,
             "interface": self.interface,
@@ -716,55 +693,162 @@ class Result:
             "server": self.server,
             "command": self.command,
             "status": self.status,
-            "requests_per_s": round(self.requests_per_s, 1),
-            "p50_ms": round(self.p50_ms, 3),
-            "p99_ms": round(self.p99_ms, 3),
-            "spread": round(self.spread, 4),
-            "server_cpu": round(self.server_cpu, 3),
-            "requests_per_cpu_s": round(self.per_cpu_second, 1),
-            "worst_other_on_server_core": round(self.worst_other, 3),
-            "errors": self.errors,
+            "requests_per_s": round(median, 1),
+            "p50_ms": round(self.median("p50_ms"), 3),
+            "p99_ms": round(self.median("p99_ms"), 3),
+            # (max - min) / median of the rate over the rounds
+            "spread": round((max(rates) - min(rates)) / median, 4) if rates and median else 0.0,
+            "server_cpu": round(self.median("server_cpu"), 3),
+            "requests_per_cpu_s": round(self.median("per_cpu_second"), 1),
+            "client_core_busy": round(self.median("client_core_busy"), 3),
+            "worst_other_on_server_core": round(
+                max((r.server_core_other for r in self.rounds), default=0.0), 3
+            ),
+            "errors": errors,
             "rounds": [asdict(r) for r in self.rounds],
         }
 
 
-def _format_errors(errors: dict[str, int]) -> str:
-    total = sum(errors.values())
-    if not total:
-        return "0"
-    parts = ", ".join(f"{k} {v}" for k, v in errors.items() if v)
-    return f"{total} ({parts})"
+def run_scenario(
+    scenario: Scenario, group: Sequence[Server], plan: Plan, env: dict[str, str]
+) -> list[Result]:
+    """Start the group, warm each server up, then measure in interleaved rounds."""
+    if scenario.kind in ("hello", "http1"):
+        wrk_script(scenario, plan.work_dir)
+    counts = plan.connections_for(scenario)
+    with servers_running(group, scenario, plan.server_core, plan.work_dir, env) as running:
+        results = {
+            (c, r.server.name): Result(
+                scenario.name,
+                scenario.interface,
+                c,
+                r.server.name,
+                shlex.join(r.argv),
+                status=r.error or "ok",
+            )
+            for c in counts
+            for r in running
+        }
+        live = [r for r in running if not r.error]
+        for r in live:
+            if plan.warmup > 0:
+                warm = measure(r, scenario, max(counts), plan, plan.warmup)
+                if isinstance(warm, str):
+                    log(f"{scenario.name}: {r.server.name} warm-up: {warm}")
+        for c in counts:
+            for i in range(plan.rounds):
+                for r in live:
+                    result = results[(c, r.server.name)]
+                    if result.status != "ok":
+                        continue
+                    if r.proc is None or r.proc.poll() is not None:
+                        result.status = "server exited during the run"
+                        continue
+                    outcome = measure(r, scenario, c, plan, plan.duration)
+                    if isinstance(outcome, str):
+                        result.status = outcome
+                        continue
+                    result.rounds.append(outcome)
+                    log(
+                        f"{scenario.name} c={c} round {i + 1}/{plan.rounds} {r.server.name}: "
+                        f"{outcome.requests_per_s:,.0f} {scenario.unit}, server CPU "
+                        f"{outcome.server_cpu:.0%}, others on its core "
+                        f"{outcome.server_core_other:.0%}"
+                    )
+    return list(results.values())
 
 
-def table(results: Sequence[Result], scenario: Scenario, connections: int) -> str:
-    rows = [r for r in results if r.scenario == scenario.name and r.connections == connections]
-    ok = {r.server: r.requests_per_s for r in rows if r.status == "ok" and r.requests_per_s}
-    baselines = [b for b in BASELINES[scenario.interface] if b in ok]
-    header = ["server", "req/s", "± spread", "p50", "p99", "errors", "CPU", "req/CPU-s"]
-    header += [f"vs {b}" for b in baselines]
-    lines = [
-        f"### {scenario.title} — {connections} connection{'s' if connections > 1 else ''}",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
-    ]
-    for r in rows:
-        if r.status != "ok":
-            cells = [r.server, "failed", "", "", "", r.status, "", ""] + [""] * len(baselines)
-        else:
-            cells = [
-                r.server,
-                f"{r.requests_per_s:,.0f}",
-                f"{r.spread * 50:.1f}%",
-                f"{r.p50_ms:.2f} ms",
-                f"{r.p99_ms:.2f} ms",
-                _format_errors(r.errors),
-                f"{r.server_cpu:.0%}",
-                f"{r.per_cpu_second:,.0f}",
-            ]
-            cells += [f"{r.requests_per_s / ok[b]:.2f}x" for b in baselines]
-        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
-    return "\n".join(lines)
+# --------------------------------------------------------------------------- probes
+
+
+def idle_probe(server: Server, plan: Plan, env: dict[str, str], connections: int) -> dict[str, Any]:
+    """RSS of a server before and after it holds ``connections`` idle keep-alive connections.
+
+    Each connection sends one request and reads the whole response, then stays open.
+    """
+    scenario = hello_scenario(server.interface)
+    log_path = plan.work_dir / f"idle-{server.interface}-{server.name}.log"
+    running = start_server(
+        server, scenario, plan.server_core, log_path, env, extra=server.idle_args
+    )
+    out: dict[str, Any] = {
+        "server": server.name,
+        "interface": server.interface,
+        "command": shlex.join(running.argv),
+        "connections": connections,
+        "status": running.error or "ok",
+    }
+    socks: list[socket.socket] = []
+    try:
+        if running.error or running.proc is None:
+            return out
+        pid = running.proc.pid
+        time.sleep(0.5)
+        before = tree_rss_kib(pid)
+        request = _request_bytes(running.port, scenario, keep_alive=True)
+        for _ in range(connections):
+            sock = socket.create_connection((HOST, running.port), timeout=10)
+            socks.append(sock)
+            sock.sendall(request)
+            status, body = _read_response(sock)
+            if status != 200 or body != scenario.expected:
+                out["status"] = f"wrong response: status {status}"
+                return out
+        time.sleep(1.0)
+        after = tree_rss_kib(pid)
+        still_open = 0
+        for sock in socks:
+            sock.setblocking(False)
+            try:
+                sock.recv(1)  # EOF (or stray data): the server closed or broke it
+            except BlockingIOError:
+                still_open += 1
+        out.update(
+            rss_before_kib=before,
+            rss_after_kib=after,
+            still_open=still_open,
+            kib_per_connection=round((after - before) / connections, 2),
+        )
+        log(
+            f"idle {server.interface} {server.name}: {before / 1024:.1f} MiB -> "
+            f"{after / 1024:.1f} MiB, {out['kib_per_connection']:.1f} KiB per connection, "
+            f"{still_open}/{connections} still open"
+        )
+        if still_open < connections:
+            out["status"] = f"only {still_open} of {connections} connections stayed open"
+        return out
+    except OSError as exc:
+        out["status"] = f"client error after {len(socks)} connections: {exc}"
+        return out
+    finally:
+        for sock in socks:
+            sock.close()
+        if running.proc is not None:
+            stop_processes([running.proc])
+
+
+def startup_probe(server: Server, plan: Plan, env: dict[str, str], starts: int) -> dict[str, Any]:
+    """Time from process start (exec of taskset) to the first correct response."""
+    scenario = hello_scenario(server.interface)
+    log_path = plan.work_dir / f"startup-{server.interface}-{server.name}.log"
+    times: list[float] = []
+    out: dict[str, Any] = {"server": server.name, "interface": server.interface, "status": "ok"}
+    for _ in range(starts):
+        running = start_server(server, scenario, plan.server_core, log_path, env, poll_s=0.002)
+        out["command"] = shlex.join(running.argv)
+        try:
+            if running.error:
+                out["status"] = running.error
+                break
+            times.append(running.ready_after * 1000)
+        finally:
+            if running.proc is not None:
+                stop_processes([running.proc])
+    out["times_ms"] = [round(t, 1) for t in times]
+    out["median_ms"] = round(statistics.median(times), 1) if times else 0.0
+    if times:
+        log(f"startup {server.interface} {server.name}: median {out['median_ms']:.0f} ms")
+    return out
 
 
 # --------------------------------------------------------------------------- metadata
@@ -775,9 +859,8 @@ def _first_line(argv: list[str]) -> str:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return "unavailable"
-    return (
-        (done.stdout or done.stderr).strip().splitlines()[0] if done.stdout or done.stderr else ""
-    )
+    text = (done.stdout or done.stderr).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def collect_versions() -> dict[str, str]:
@@ -833,128 +916,86 @@ def _os_name() -> str:
     return platform.system()
 
 
-# --------------------------------------------------------------------------- docs
-
-
-def write_docs(
-    meta: dict[str, Any], results: Sequence[Result], scenarios: Sequence[Scenario]
-) -> None:
-    versions: dict[str, str] = meta["versions"]
-    mach = meta["machine"]
-    out = [
-        "# Benchmarks",
-        "",
-        "Generated by `bench/run.py`; do not edit by hand. Re-run with `make bench` "
-        "(full) or `make bench-quick`.",
-        "",
-        f"- **Date:** {meta['date']}",
-        f"- **Command:** `{meta['command']}` ({meta['mode']} mode)",
-        f"- **Machine:** {mach['cpu']}, {mach['cores']} cores, {mach['os']}, "
-        f"Linux {mach['kernel']}",
-        f"- **Python:** {versions['python']}",
-        "",
-        "## Versions",
-        "",
-        "| component | version |",
-        "|---|---|",
-    ]
-    for name, version in versions.items():
-        if name != "python":
-            out.append(f"| {name} | {version} |")
-    method = meta["method"]
-    out += [
-        "",
-        "## Method",
-        "",
-        f"Each server runs one worker pinned to core {method['server_core']} "
-        f"(`taskset -c {method['server_core']}`); wrk runs pinned to core "
-        f"{method['client_core']}, one thread, HTTP/1.1 keep-alive, over loopback. "
-        f"The servers of a scenario are started together on free ports, each is warmed up "
-        f"for {method['warmup_s']:g} s, then measured in {method['rounds']} interleaved "
-        f"rounds of {method['duration_s']:g} s (A B C A B C …). Tables show the median "
-        "round: req/s, the spread of req/s over the rounds as ± half of (max - min) / "
-        "median, p50 and p99 latency from wrk, and the errors summed over all rounds "
-        "(wrk's non-2xx/3xx responses and socket errors). Ratios divide by the named "
-        "server's median in the same table. CPU is the share of its core that the server "
-        "(all its processes and threads) used in the median round; req/CPU-s is requests "
-        "per second of that CPU time, a figure that stays steadier than req/s when other "
-        "work shares the machine.",
-        "",
-        "wrk command (N = connections; SCENARIO.lua, written by run.py, only sets the "
-        "method and body and reports in `done()`, so wrk keeps its fast path):",
-        "",
-        f"    {meta['wrk_command']}",
-        "",
-        "Server commands (APP = the scenario's app in `bench/apps.py`, PORT = a free port):",
-        "",
-        "| interface | server | command | notes |",
-        "|---|---|---|---|",
-    ]
-    for s in SERVERS:
-        if meta["mode"] == "quick" and s.full_only:
-            continue
-        cmd = shlex.join(s.argv("APP", 0)).replace(str(VENV_BIN) + "/", "").replace(":0", ":PORT")
-        cmd = cmd.replace("--port 0", "--port PORT")
-        out.append(f"| {s.interface.upper()} | {s.name} | `{cmd}` | {s.note} |")
-    out += ["", "## Results", ""]
-    busy = meta["busy_before_run"]
-    other = meta["worst_other_on_server_core"]
-    if max(busy.values(), default=0.0) > BUSY_WARNING or other > BUSY_WARNING:
-        out += [
-            "**Noisy run:** the machine was not idle (cores busy before the run: "
-            + ", ".join(f"{k} {v:.0%}" for k, v in busy.items())
-            + f"; other processes took up to {other:.0%} of the server's core in a round). "
-            "Compare req/CPU-s, and re-run on an idle machine before drawing conclusions.",
-            "",
-        ]
-    for scenario in scenarios:
-        for connections in meta["method"]["connections"]:
-            out += [table(results, scenario, connections), ""]
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text("\n".join(out))
-
-
 # --------------------------------------------------------------------------- main
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="hello-world at -c64, 3 rounds")
+    parser.add_argument("--quick", action="store_true", help="hello-world at -c64, no probes")
     parser.add_argument("--rounds", type=int, help="rounds per server (default 3)")
-    parser.add_argument("--duration", type=float, help="seconds per round (5, quick 4)")
-    parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per server")
+    parser.add_argument("--duration", type=int, help="whole seconds per round (2, quick 4)")
+    parser.add_argument("--warmup", type=int, help="warm-up seconds per server (1, quick 2)")
     parser.add_argument(
-        "--connections", type=int, nargs="+", help="connection counts (1 64 256, quick 64)"
+        "--connections", type=int, nargs="+", help="hello-world connections (1 64 256, quick 64)"
     )
     parser.add_argument("--scenarios", nargs="+", help="scenario names to run (default: all)")
     parser.add_argument("--servers", nargs="+", help="server names to run (default: all)")
-    parser.add_argument("--no-docs", action="store_true", help="do not rewrite the docs page")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--probes",
+        action=argparse.BooleanOptionalAction,
+        help="measure idle-connection RSS and start-up time (default: on in full mode)",
+    )
+    parser.add_argument("--idle-connections", type=int, default=1000, help="for the RSS probe")
+    parser.add_argument("--starts", type=int, default=5, help="starts per server, start-up probe")
+    parser.add_argument(
+        "--docs",
+        action=argparse.BooleanOptionalAction,
+        help="rewrite docs/benchmarks.md and .png (default: on for an unfiltered full run)",
+    )
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="first wait up to this long for the 1-minute load average to drop below "
+        "--quiet-load (polled every 15 s)",
+    )
+    parser.add_argument("--quiet-load", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    for name in ("rounds", "duration"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name} must be at least 1")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     quick: bool = args.quick
     rounds: int = args.rounds or 3
-    duration: float = args.duration or (4.0 if quick else 5.0)
+    duration: int = args.duration or (4 if quick else 2)
+    warmup: int = args.warmup if args.warmup is not None else (2 if quick else 1)
     connections: list[int] = args.connections or ([64] if quick else [1, 64, 256])
+    probes: bool = args.probes if args.probes is not None else not quick
     scenarios = [s for s in SCENARIOS if s.quick or not quick]
     if args.scenarios:
         scenarios = [s for s in SCENARIOS if s.name in args.scenarios]
     servers = [s for s in SERVERS if not (quick and s.full_only)]
     if args.servers:
         servers = [s for s in servers if s.name in args.servers]
-    if not scenarios or not servers:
+    filtered = bool(args.scenarios or args.servers)
+    docs: bool = args.docs if args.docs is not None else not (quick or filtered)
+    if not shutil.which("h2load"):
+        scenarios = [s for s in scenarios if s.kind != "h2"]
+    if not servers or (not any(servers_for(s, servers) for s in scenarios) and not probes):
         sys.exit("bench: nothing to run (check --scenarios / --servers)")
 
     cores = sorted(os.sched_getaffinity(0))
     server_core, client_core = cores[0], cores[1 if len(cores) > 1 else 0]
     if server_core == client_core:
-        log("warning: only one core available; server and wrk share it")
+        log("warning: only one core available; server and load generator share it")
 
     ensure_tools()
     ensure_venv()
     ensure_editable_threshold()
+    nofile = raise_nofile()
+    # This process (the idle-connection client, the pollers) stays off the server's core.
+    os.sched_setaffinity(0, {client_core})
+
+    load: dict[str, Any] = {}
+    if args.wait_quiet > 0:
+        load.update(wait_for_quiet(args.wait_quiet, args.quiet_load))
+    load["at_start"] = round(os.getloadavg()[0], 2)
     idle_check = {
         f"core {c}": round(busy_share(c, 0.5), 3) for c in sorted({server_core, client_core})
     }
@@ -965,55 +1006,103 @@ def main(argv: Sequence[str] | None = None) -> int:
     RESULTS.mkdir(exist_ok=True)
     work_dir = RESULTS / f"{stamp}-work"
     work_dir.mkdir()
+    bench_file = work_dir / "file-64k.bin"
+    bench_file.write_bytes(file_content())
+    env = server_env(bench_file)
 
-    per_scenario = [len([s for s in servers if s.interface == sc.interface]) for sc in scenarios]
-    estimate = sum(n * (args.warmup + rounds * duration * len(connections)) for n in per_scenario)
-    log(f"about {estimate / 60:.1f} min of load; logs in {work_dir.relative_to(REPO)}")
+    plan = Plan(rounds, duration, warmup, connections, server_core, client_core, work_dir)
+    groups = [(s, servers_for(s, servers)) for s in scenarios]
+    groups = [(s, g) for s, g in groups if g]
+    probe_servers = [s for s in servers if "idle" in s.kinds] if probes else []
+    estimate = sum(
+        len(g) * (warmup + 1 + rounds * (duration + 0.3) * len(plan.connections_for(s)))
+        for s, g in groups
+    ) + len(probe_servers) * (4 + args.starts * 1.5)
+    log(f"about {estimate / 60:.1f} min; logs in {work_dir.relative_to(REPO)}")
+    clock = time.monotonic()
 
-    plan = Plan(rounds, duration, args.warmup, connections, server_core, client_core, work_dir)
     results: list[Result] = []
-    for scenario in scenarios:
-        group = [s for s in servers if s.interface == scenario.interface]
-        results.extend(run_scenario(scenario, group, plan))
+    for scenario, group in groups:
+        results.extend(run_scenario(scenario, group, plan, env))
+    idle = [idle_probe(s, plan, env, args.idle_connections) for s in probe_servers]
+    startup = [startup_probe(s, plan, env, args.starts) for s in probe_servers]
+    load["at_end"] = round(os.getloadavg()[0], 2)
+    elapsed = time.monotonic() - clock
 
+    command = ["python", "bench/run.py", *(sys.argv[1:] if argv is None else argv)]
     meta: dict[str, Any] = {
         "date": started_at.strftime("%Y-%m-%d %H:%M UTC"),
-        "command": shlex.join(
-            ["python", "bench/run.py", *(sys.argv[1:] if argv is None else argv)]
-        ),
+        "command": shlex.join(command),
         "mode": "quick" if quick else "full",
+        "elapsed_s": round(elapsed),
         "machine": machine(),
         "versions": collect_versions(),
         "busy_before_run": idle_check,
-        "worst_other_on_server_core": round(max((r.worst_other for r in results), default=0.0), 3),
+        "load_average_1min": load,
+        "nofile_limit": nofile,
+        "worst_other_on_server_core": round(
+            max((r.median("server_core_other") for r in results), default=0.0), 3
+        ),
         "method": {
             "server_core": server_core,
             "client_core": client_core,
             "rounds": rounds,
             "duration_s": duration,
-            "warmup_s": args.warmup,
+            "warmup_s": warmup,
             "connections": connections,
+            "idle_connections": args.idle_connections,
+            "starts": args.starts,
         },
-        "wrk_command": shlex.join(
-            wrk_command(client_core, 0, duration, Path("SCENARIO.lua"), "URL")
-        ).replace("-c0", "-cN"),
+        "load_commands": {
+            kind: shlex.join(load_command(sc, client_core, 0, duration, 0, Path("WORK")))
+            .replace(":0", ":PORT")
+            .replace("-c0", "-cN")
+            .replace("-c 0", "-c N")
+            .replace(str(VENV_BIN) + "/", "bench/.venv/bin/")
+            .replace(str(BENCH) + "/", "bench/")
+            for kind, sc in (
+                ("wrk", SCENARIOS[0]),
+                ("h2load", next(s for s in SCENARIOS if s.kind == "h2")),
+                ("wsload", next(s for s in SCENARIOS if s.kind == "ws")),
+            )
+        },
     }
-    print()
-    for scenario in scenarios:
-        for c in connections:
-            print(table(results, scenario, c))
-            print()
-    out_file = RESULTS / f"{stamp}.json"
     payload = {
         "meta": meta,
-        "scenarios": [s.name for s in scenarios],
+        "scenarios": [
+            {
+                "name": s.name,
+                "title": s.title,
+                "interface": s.interface,
+                "kind": s.kind,
+                "unit": s.unit,
+                "connections": plan.connections_for(s),
+                "apps": {srv.name: s.app_for(srv.name) for srv in g},
+            }
+            for s, g in groups
+        ],
+        "servers": [
+            {
+                "name": s.name,
+                "interface": s.interface,
+                "kinds": sorted(s.kinds),
+                "command": report.command_template(s.command("APP", 0)),
+                "idle_args": list(s.idle_args),
+                "note": s.note,
+            }
+            for s in servers
+        ],
         "results": [r.to_json() for r in results],
+        "idle": idle,
+        "startup": startup,
     }
+    out_file = RESULTS / f"{stamp}.json"
     out_file.write_text(json.dumps(payload, indent=2) + "\n")
-    log(f"wrote {out_file.relative_to(REPO)}")
-    if not args.no_docs:
-        write_docs(meta, results, scenarios)
-        log(f"wrote {DOCS.relative_to(REPO)}")
+    print()
+    print(report.text_report(payload))
+    log(f"wrote {out_file.relative_to(REPO)} after {elapsed / 60:.1f} min")
+    if docs:
+        report.write_docs(payload, out_file)
     return 0
 
 
