@@ -27,6 +27,9 @@ class TrustedProxies:
         self.any = False
         self.unix = False
         self.networks: list[IPNetwork] = []
+        # Parsing an address costs more than the rest of a small request: remember
+        # answers (a bounded cache; peers are few, forwarded chains fewer).
+        self._known: dict[str, bool] = {}
         for entry in (part.strip() for item in entries for part in item.split(",")):
             if entry == "*":
                 self.any = True
@@ -40,11 +43,19 @@ class TrustedProxies:
             return self.unix or self.any
         if self.any:
             return True
+        known = self._known.get(host)
+        if known is not None:
+            return known
         try:
             address = ipaddress.ip_address(host)
         except ValueError:
-            return False
-        return any(address in network for network in self.networks)
+            trusted = False
+        else:
+            trusted = any(address in network for network in self.networks)
+        if len(self._known) >= 4096:
+            self._known.clear()
+        self._known[host] = trusted
+        return trusted
 
 
 def _node(text: str) -> tuple[str, int | None] | None:

@@ -10,10 +10,10 @@ array updates in the response-complete hook.
 
 from __future__ import annotations
 
-import bisect
 import logging
 import mmap
 import threading
+from bisect import bisect_left
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -35,18 +35,25 @@ _HIST = _REQUESTS + _N_REQUESTS  # len(BUCKETS) + 1 buckets (+Inf), then sum
 _HIST_SUM = _HIST + len(BUCKETS) + 1
 _BYTES_IN = _HIST_SUM + 1
 _BYTES_OUT = _BYTES_IN + 1
-_STARTED = _BYTES_OUT + 1  # requests started (published each second)
-_LIMITS = _STARTED + 1
+_IN_FLIGHT = _BYTES_OUT + 1  # gauge: started, not yet ended (published each second)
+_LIMITS = _IN_FLIGHT + 1
 _CONNECTIONS = _LIMITS + len(LIMITS)  # gauges
 _WEBSOCKETS = _CONNECTIONS + len(CONNECTION_KINDS)  # sessions opened (counter)
 _RESTARTS = _WEBSOCKETS + 1  # master only
 _HEARTBEAT_MISSES = _RESTARTS + 1  # master only
 _READY = _HEARTBEAT_MISSES + 1  # gauge: 1 when serving and not draining
 _INTERFACE = _READY + 1  # 1 + index in INTERFACES of the app served (0: none)
-SLOT_FIELDS = _INTERFACE + 1
+_ABORTED = _INTERFACE + 1  # requests that ended without completing a response
+SLOT_FIELDS = _ABORTED + 1
 SLOT_BYTES = SLOT_FIELDS * 8
 
-_METHOD_INDEX = {name: i for i, name in enumerate(METHODS)}
+# The request counter of (method, status class, protocol) is at
+# _METHOD_BASE[method] + _CLASS_OFFSET[status // 100] + _PROTOCOL_INDEX[protocol]:
+# lookups and a tuple index rather than min()/max() calls, on the hot path.
+_METHOD_BASE = {name: i * len(STATUS_CLASSES) * len(PROTOCOLS) for i, name in enumerate(METHODS)}
+_OTHER_BASE = _METHOD_BASE["OTHER"]
+_CLASS_OFFSET = tuple(min(max(c - 1, 0), 4) * len(PROTOCOLS) for c in range(10))
+_CLASS_5XX = _CLASS_OFFSET[-1]
 _PROTOCOL_INDEX = {name: i for i, name in enumerate(PROTOCOLS)}
 
 
@@ -83,46 +90,68 @@ class SharedMetrics:
 class WorkerMetrics:
     """One process's slot; ``observe`` runs once per completed response."""
 
-    __slots__ = ("base", "lock", "view")
+    __slots__ = ("base", "local", "lock", "view")
 
     def __init__(self, view: Any) -> None:
         self.view: Any = view
         self.lock: threading.Lock | None = None  # set when WSGI threads observe too
-        self.base = 0.0  # responses the slot's earlier processes completed
+        self.base = 0.0  # requests the slot's earlier processes ended
+        # Per-response counts go to a plain list and reach shared memory once a second
+        # (flush, from the server's tick): a list item costs a fraction of a shared
+        # float64 through a memoryview (callgrind: ~10k instructions per response).
+        self.local = [0.0] * SLOT_FIELDS
+
+    def flush(self) -> None:
+        """Move the counts gathered since the last tick into the shared slot."""
+        lock = self.lock
+        if lock is not None:
+            lock.acquire()
+        try:
+            view, local = self.view, self.local
+            for i, value in enumerate(local):
+                if value:
+                    view[i] += value
+                    local[i] = 0.0
+        finally:
+            if lock is not None:
+                lock.release()
 
     def start(self, interface: str = "") -> None:
         """A new process took the slot over (or its process died): counters carry on,
         gauges restart, and requests the dead process left unanswered are no longer
-        in flight (this process counts its starts on top of the slot's completions)."""
+        in flight (this process counts its starts on top of what the slot ended)."""
         view = self.view
         for i in range(_CONNECTIONS, _CONNECTIONS + len(CONNECTION_KINDS)):
             view[i] = 0.0
         view[_READY] = 0.0
         view[_INTERFACE] = INTERFACES.index(interface) + 1 if interface in INTERFACES else 0
-        self.base = view[_STARTED] = sum(view[_REQUESTS : _REQUESTS + _N_REQUESTS])
+        self.base = self._ended()
+        view[_IN_FLIGHT] = 0.0
+
+    def _ended(self) -> float:
+        self.flush()
+        view = self.view
+        return float(sum(view[_REQUESTS : _REQUESTS + _N_REQUESTS]) + view[_ABORTED])
 
     def observe(
         self, method: str, http_version: str, status: int, sent: int, received: int, duration: float
     ) -> None:
+        # One frame and no builtin calls but bisect: this runs for every response.
         lock = self.lock
         if lock is not None:
-            with lock:
-                self._observe(method, http_version, status, sent, received, duration)
-        else:
-            self._observe(method, http_version, status, sent, received, duration)
-
-    def _observe(
-        self, method: str, http_version: str, status: int, sent: int, received: int, duration: float
-    ) -> None:
-        view = self.view
-        m = _METHOD_INDEX.get(method, 7)
-        c = min(max(status // 100 - 1, 0), 4)
-        p = _PROTOCOL_INDEX.get(http_version, 1)
-        view[(m * len(STATUS_CLASSES) + c) * len(PROTOCOLS) + p] += 1.0
-        view[_HIST + bisect.bisect_left(BUCKETS, duration)] += 1.0
-        view[_HIST_SUM] += duration
-        view[_BYTES_OUT] += sent
-        view[_BYTES_IN] += received
+            lock.acquire()
+        try:
+            local = self.local
+            index = _METHOD_BASE.get(method, _OTHER_BASE) + _PROTOCOL_INDEX.get(http_version, 1)
+            index += _CLASS_OFFSET[status // 100] if 0 <= status < 1000 else _CLASS_5XX
+            local[index] += 1.0
+            local[_HIST + bisect_left(BUCKETS, duration)] += 1.0
+            local[_HIST_SUM] += duration
+            local[_BYTES_OUT] += sent
+            local[_BYTES_IN] += received
+        finally:
+            if lock is not None:
+                lock.release()
 
     def limit_hit(self, status: int) -> None:
         """A request refused by the server, not the app (408, 413, 414, 431, 503, 504)."""
@@ -131,10 +160,15 @@ class WorkerMetrics:
 
     def publish(self, started: int, connections: dict[str, int], ready: bool) -> None:
         view = self.view
-        view[_STARTED] = self.base + started
+        # Started and ended read at one instant: the ended counters move between ticks.
+        view[_IN_FLIGHT] = max(self.base + started - self._ended(), 0.0)
         for i, kind in enumerate(CONNECTION_KINDS):
             view[_CONNECTIONS + i] = connections.get(kind, 0)
         view[_READY] = 1.0 if ready else 0.0
+
+    def aborted(self) -> None:
+        """A request ended without a complete response (client gone, app failed mid-way)."""
+        self.view[_ABORTED] += 1.0
 
     def websocket_opened(self) -> None:
         self.view[_WEBSOCKETS] += 1.0
@@ -152,21 +186,22 @@ def render(total: list[float], interface: str) -> str:
         "# HELP threshold_requests_total Responses completed.",
         "# TYPE threshold_requests_total counter",
     ]
-    completed = 0.0
     for mi, method in enumerate(METHODS):
         for ci, cls in enumerate(STATUS_CLASSES):
             for pi, proto in enumerate(PROTOCOLS):
                 value = total[(mi * len(STATUS_CLASSES) + ci) * len(PROTOCOLS) + pi]
-                completed += value
                 if value:
                     lines.append(
                         f'threshold_requests_total{{method="{method}",status="{cls}",'
                         f'protocol="{proto}",interface="{interface}"}} {value:.0f}'
                     )
     lines += [
+        "# HELP threshold_requests_aborted_total Requests ended without a complete response.",
+        "# TYPE threshold_requests_aborted_total counter",
+        f"threshold_requests_aborted_total {total[_ABORTED]:.0f}",
         "# HELP threshold_requests_in_flight Requests started and not yet answered.",
         "# TYPE threshold_requests_in_flight gauge",
-        f"threshold_requests_in_flight {max(total[_STARTED] - completed, 0):.0f}",
+        f"threshold_requests_in_flight {total[_IN_FLIGHT]:.0f}",
         "# HELP threshold_request_duration_seconds Time from request head to response end.",
         "# TYPE threshold_request_duration_seconds histogram",
     ]

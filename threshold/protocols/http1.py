@@ -57,7 +57,6 @@ STATUS_LINES = {status.value: _status_line(status.value) for status in HTTPStatu
 
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_METHOD_SP = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [^ ]")
 # RFC 3986 uri-host [ ":" port ]: an IP literal, or a reg-name (which may be empty).
 _HOST = re.compile(
     rb"(?:\[[0-9A-Za-z\-._~!$&'()*+,;=:%]+\]|[0-9A-Za-z\-._~!$&'()*+,;=%]*)(?::[0-9]*)?"
@@ -79,8 +78,9 @@ def check_request_line(data: bytes) -> bool | None:
         if b"  " in line or line[:1] == b" ":
             return False
         return None
-    line = data[start:end]
-    return line.count(b" ") == 2 and _METHOD_SP.match(line) is not None
+    # Exactly two spaces in METHOD SP target SP version: a doubled, leading or trailing
+    # space makes three (llhttp has checked the method and version tokens themselves).
+    return data.count(b" ", start, end) == 2
 
 
 class RequestRejected(Exception):
@@ -516,6 +516,9 @@ class Http1Stream(Stream):
         self.keep_alive = False
         if not self._finished:
             self._finished = True
+            metrics = self.conn.ctx.metrics
+            if metrics is not None:
+                metrics.aborted()  # no response will complete: no longer in flight
             self.conn._response_aborted(self)
 
 
@@ -964,6 +967,8 @@ class Http1Connection(asyncio.Protocol):
         if error is not None:
             raise RequestRejected(error[0], error[2], error[1])
         stream = Http1Stream(self, head, False, False)
+        stream.start_time = perf_counter()  # a denial is a response with a duration
+        ctx.requests += 1  # a handshake is a request: answered by a 101 or a denial
         self._current = stream
         self._active = stream
         ws = WebSocketSession(self, stream, self.transport)
@@ -1043,10 +1048,14 @@ class Http1Connection(asyncio.Protocol):
 
     def accept_websocket(self, session: WebSocketSession, headers: Headers) -> None:
         """The app accepted: 101, and the session owns the transport from here on."""
-        if self.ctx.metrics is not None:
-            self.ctx.metrics.websocket_opened()
-        self.transport.write(upgrade_response(session.head, self.ctx.default_headers, headers))
         ctx = self.ctx
+        if ctx.metrics is not None:
+            ctx.metrics.websocket_opened()
+        self.transport.write(upgrade_response(session.head, ctx.default_headers, headers))
+        stream = session.http
+        if ctx.access_log is not None and isinstance(stream, Http1Stream):
+            # The handshake's response is the 101: logged and counted as answered.
+            ctx.access_log(stream, 101, 0, perf_counter() - stream.start_time)
         ctx.connections.discard(self)
         ctx.connections.add(session)
         self._active = None

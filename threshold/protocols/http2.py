@@ -326,6 +326,9 @@ class Http2Stream(Stream):
     def abort(self) -> None:
         if not self._finished:
             self._finished = True
+            metrics = self.conn.ctx.metrics
+            if metrics is not None:
+                metrics.aborted()  # no response will complete: no longer in flight
             self.conn._reset(self, ErrorCodes.INTERNAL_ERROR)
 
 
@@ -585,6 +588,9 @@ class Http2Connection(asyncio.Protocol):
         """RFC 8441: a WebSocket over this stream, served by the same session code."""
         ctx = self.ctx
         ws_handler = ctx.ws_handler
+        ctx.requests += 1  # the CONNECT stream is a request, answered when it ends
+        if ctx.access_log is not None:
+            stream.start_time = perf_counter()
         error = handshake_error(stream.head)
         if protocol.lower() != b"websocket" or ws_handler is None:
             error = (501, [], "only the websocket protocol is served by extended CONNECT")
@@ -592,8 +598,6 @@ class Http2Connection(asyncio.Protocol):
             if not stream.send_error(error[0]):
                 stream.abort()
             return
-        if ctx.access_log is not None:
-            stream.start_time = perf_counter()
         tunnel = StreamTunnel(self, stream)
         session = WebSocketSession(self, stream, tunnel)  # type: ignore[arg-type]
         tunnel.session = session
