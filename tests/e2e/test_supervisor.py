@@ -243,15 +243,36 @@ def try_get(
     return body if status == 200 else None
 
 
-def pids_seen(port: int, want: set[int], limit: int = 300) -> set[int]:
-    """Send up to ``limit`` requests until every PID in ``want`` has answered."""
+def pids_seen(port: int, want: set[int], limit: int = 1200, clients: int = 8) -> set[int]:
+    """Send up to ``limit`` requests, from several clients at once, until every PID in
+    ``want`` has answered. Sequential requests can all land on one worker (the one that
+    just answered is first back in accept()); concurrent ones keep it busy."""
     seen: set[int] = set()
-    for _ in range(limit):
-        status, body = get(port)
-        assert status == 200
-        seen.add(int(body.split()[-1]))
-        if want <= seen:
-            break
+    statuses: list[int] = []
+    lock = threading.Lock()
+    remaining = [limit]
+
+    def client() -> None:
+        while True:
+            with lock:
+                if want <= seen or remaining[0] <= 0:
+                    return
+                remaining[0] -= 1
+            try:
+                status, body = get(port)
+            except OSError:
+                status, body = -1, "0"  # a failed request: the assertion below reports it
+            with lock:
+                statuses.append(status)
+                if status == 200:
+                    seen.add(int(body.split()[-1]))
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert statuses and set(statuses) == {200}
     return seen
 
 
