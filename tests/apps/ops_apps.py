@@ -22,6 +22,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from tests.stderr_log import StderrLog
+
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -293,49 +295,25 @@ class ServerProcess:
             text=True,
             pass_fds=pass_fds,
         )
-        self.lines: list[str] = []
-        self._eof = False
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self.stderr = StderrLog(self.popen, START_TIMEOUT)
 
     @classmethod
     def threshold(cls, *args: str, **kwargs: Any) -> ServerProcess:
         return cls([sys.executable, "-m", "threshold", *args], **kwargs)
 
-    def _read(self) -> None:
-        assert self.popen.stderr is not None
-        for line in self.popen.stderr:
-            with self._changed:
-                self.lines.append(line)
-                self._changed.notify_all()
-        with self._changed:
-            self._eof = True
-            self._changed.notify_all()
+    @property
+    def lines(self) -> list[str]:
+        return self.stderr.lines
 
     @property
     def text(self) -> str:
-        with self._changed:
-            return "".join(self.lines)
+        return self.stderr.log
 
     def wait_for(
         self, pattern: str, timeout: float = START_TIMEOUT, count: int = 1
     ) -> re.Match[str]:
         """The count-th stderr line matching ``pattern``; fails if the process ends first."""
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                matches = [m for line in self.lines if (m := regex.search(line))]
-                if len(matches) >= count:
-                    return matches[count - 1]
-                remaining = deadline - time.monotonic()
-                if self._eof or remaining <= 0:
-                    why = "ended" if self._eof else f"gave no such line in {timeout}s"
-                    raise AssertionError(
-                        f"process {why} without {pattern!r}; stderr:\n{''.join(self.lines)}"
-                    )
-                self._changed.wait(remaining)
+        return self.stderr.wait_for(pattern, count, timeout=timeout)[count - 1]
 
     def listening(self) -> str:
         """The URL of the first ``Listening on`` line (http://HOST:PORT or http+unix:PATH)."""
@@ -346,9 +324,7 @@ class ServerProcess:
 
     def wait(self, timeout: float = START_TIMEOUT) -> int:
         """Wait for the exit (and for all of stderr); return the exit code."""
-        code = self.popen.wait(timeout)
-        self._reader.join(timeout)
-        return code
+        return self.stderr.wait_exit(timeout)
 
     def stop(self) -> None:
         if self.popen.poll() is None:
@@ -358,7 +334,7 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait()
-        self._reader.join(START_TIMEOUT)
+        self.stderr.wait_exit(START_TIMEOUT)
         if self.popen.stderr is not None:
             self.popen.stderr.close()
 

@@ -31,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect as ws_connect
 
 from tests.conftest import ROOT
+from tests.stderr_log import StderrLog
 
 APP = "tests.e2e.test_metrics:app"
 WAIT = 10.0  # bound on any single wait (a log line, a scrape showing a value)
@@ -101,53 +102,11 @@ async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
 # -- a server process ---------------------------------------------------------------
 
 
-class Threshold:
+class Threshold(StderrLog):
     """A running `python -m threshold` and its stderr, line by line."""
 
     def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.proc = proc
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self._eof = False
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            with self._cond:
-                self.lines.append(line)
-                self._cond.notify_all()
-        with self._cond:
-            self._eof = True
-            self._cond.notify_all()
-
-    @property
-    def log(self) -> str:
-        with self._cond:
-            return "".join(self.lines)
-
-    def mark(self) -> int:
-        with self._cond:
-            return len(self.lines)
-
-    def wait_for(
-        self, pattern: str, count: int = 1, since: int = 0, timeout: float = WAIT
-    ) -> list[re.Match[str]]:
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                matches = [m for line in self.lines[since:] if (m := regex.search(line))]
-                if len(matches) >= count:
-                    return matches
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._eof:
-                    raise AssertionError(
-                        f"no {count} line(s) matching {pattern!r} "
-                        f"({'process exited' if self._eof else 'timed out'}); log:\n" + self.log
-                    )
-                self._cond.wait(remaining)
+        super().__init__(proc, WAIT)
 
     @property
     def port(self) -> int:
@@ -156,11 +115,6 @@ class Threshold:
     @property
     def metrics_port(self) -> int:
         return int(self.wait_for(METRICS_ON.pattern)[-1].group(1))
-
-    def wait_exit(self, timeout: float = WAIT) -> int:
-        code = self.proc.wait(timeout)
-        self._reader.join(timeout)
-        return code
 
 
 def _env() -> dict[str, str]:

@@ -31,6 +31,7 @@ from tests.apps.supervisor_apps import (
     text_module,
 )
 from tests.conftest import ROOT
+from tests.stderr_log import StderrLog
 
 PID_APP = "tests.apps.supervisor_apps:pid_app"
 WSGI_PID_APP = "tests.apps.supervisor_apps:wsgi_pid_app"
@@ -57,55 +58,11 @@ os.execv(sys.executable, [sys.executable, "-m", "threshold", *sys.argv[2:]])
 # -- helpers -----------------------------------------------------------------------
 
 
-class Master:
+class Master(StderrLog):
     """A running `python -m threshold` and its stderr, line by line."""
 
     def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.proc = proc
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self._eof = False
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            with self._cond:
-                self.lines.append(line)
-                self._cond.notify_all()
-        with self._cond:
-            self._eof = True
-            self._cond.notify_all()
-
-    @property
-    def log(self) -> str:
-        with self._cond:
-            return "".join(self.lines)
-
-    def mark(self) -> int:
-        """A position in the log; wait_for(since=mark) only looks at later lines."""
-        with self._cond:
-            return len(self.lines)
-
-    def wait_for(
-        self, pattern: str, count: int = 1, since: int = 0, timeout: float = WAIT
-    ) -> list[re.Match[str]]:
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                matches = [m for line in self.lines[since:] if (m := regex.search(line))]
-                if len(matches) >= count:
-                    return matches
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._eof:
-                    raise AssertionError(
-                        f"no {count} line(s) matching {pattern!r} "
-                        f"({'process exited' if self._eof else 'timed out'}); log:\n"
-                        + "".join(self.lines)
-                    )
-                self._cond.wait(remaining)
+        super().__init__(proc, WAIT)
 
     def ready_pids(self, count: int, since: int = 0) -> list[int]:
         return [int(m.group(1)) for m in self.wait_for(READY, count, since)]
@@ -116,11 +73,6 @@ class Master:
 
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
-
-    def wait_exit(self, timeout: float = WAIT) -> int:
-        code = self.proc.wait(timeout)
-        self._reader.join(timeout)
-        return code
 
 
 @contextmanager
