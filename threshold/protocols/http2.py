@@ -383,6 +383,7 @@ class Http2Connection(asyncio.Protocol):
         self._control_frames = 0
         self._idle_since = ctx.now
         self._goaway_sent = False
+        self._write_scheduled = False
 
     # -- asyncio.Protocol -------------------------------------------------------------
 
@@ -652,7 +653,7 @@ class Http2Connection(asyncio.Protocol):
             if stream is not None:
                 stream._lost()
             return
-        self._write()
+        self._write_soon()
 
     def _flush_stream(self, stream: Http2Stream) -> None:
         """Send as much of the stream's pending body as the windows allow."""
@@ -667,7 +668,7 @@ class Http2Connection(asyncio.Protocol):
                     if sid not in self._blocked:
                         self._blocked[sid] = stream  # resumed by WINDOW_UPDATE
                         stream.blocked_since = self.ctx.now
-                    self._write()
+                    self._write_soon()
                     return
                 chunk = bytes(pending[:size])
                 del pending[:size]
@@ -688,7 +689,7 @@ class Http2Connection(asyncio.Protocol):
         stream._wake_drain()
         if stream._finished:
             self._forget(stream)
-        self._write()
+        self._write_soon()
 
     def _stream_done(self, stream: Http2Stream) -> None:
         ctx = self.ctx
@@ -719,7 +720,7 @@ class Http2Connection(asyncio.Protocol):
             self.h2.acknowledge_received_data(size, stream_id)
         except h2.exceptions.StreamClosedError:
             return
-        self._write()
+        self._write_soon()
 
     def _reset(self, stream: Http2Stream, code: ErrorCodes) -> None:
         self.streams.pop(stream.stream_id, None)
@@ -731,12 +732,20 @@ class Http2Connection(asyncio.Protocol):
             self.h2.reset_stream(stream_id, code)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             pass
-        self._write()
+        self._write_soon()
 
     def _write(self) -> None:
+        self._write_scheduled = False
         data = self.h2.data_to_send()
         if data and not self.transport.is_closing():
             self.transport.write(data)
+
+    def _write_soon(self) -> None:
+        """Frames from app tasks go out once per loop pass: every stream that answered
+        in this pass shares one ``transport.write`` (one syscall) instead of one each."""
+        if not self._write_scheduled:
+            self._write_scheduled = True
+            self.loop.call_soon(self._write)
 
     def _close(self) -> None:
         self._closing = True
