@@ -1,4 +1,4 @@
-"""HTTP/2 connection (RFC 9113) on the ``h2`` state machine.
+"""HTTP/2 connection (RFC 9113) on :mod:`threshold.protocols.h2engine`.
 
 Each request stream becomes an :class:`Http2Stream` for the interface layer, so
 ASGI and WSGI apps are served exactly as over HTTP/1.1. Request bodies are
@@ -15,18 +15,15 @@ from http import HTTPStatus
 from time import perf_counter
 from typing import IO, Any
 
-import h2.config
-import h2.connection
-import h2.events
-import h2.exceptions
-import h2.frame_buffer
-import h2.settings
-import hpack.exceptions
-from h2.errors import ErrorCodes
-from hyperframe.exceptions import InvalidDataError
-from hyperframe.frame import GoAwayFrame
-
 from threshold.context import ServerContext
+from threshold.protocols import h2engine
+from threshold.protocols.h2engine import (
+    CANCEL,
+    INTERNAL_ERROR,
+    REFUSED_STREAM,
+    H2Engine,
+    bad_name,
+)
 from threshold.protocols.websocket import WebSocketSession, handshake_error
 from threshold.stream import ClientDisconnected, Headers, RequestHead, Stream, socket_address
 
@@ -40,45 +37,6 @@ NO_BODY_STATUS = frozenset({204, 304})
 WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
 CONNECTION_WINDOW = 16 * 1024 * 1024  # per connection; per stream is --h2-initial-window-size
-
-
-class _FrameBuffer(h2.frame_buffer.FrameBuffer):
-    """h2's frame reader with RFC 9113 section 6.5's error code: a SETTINGS ACK
-    with a payload is a FRAME_SIZE_ERROR (h2 reports PROTOCOL_ERROR)."""
-
-    def __next__(self) -> Any:
-        try:
-            return super().__next__()
-        except h2.exceptions.ProtocolError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, InvalidDataError) and "SETTINGS ack" in str(cause):
-                exc.error_code = ErrorCodes.FRAME_SIZE_ERROR
-            raise
-
-
-class _H2Connection(h2.connection.H2Connection):
-    """h2 with stream-count enforcement left to us, so excess streams get
-    REFUSED_STREAM (retryable) instead of a connection-killing PROTOCOL_ERROR,
-    and HPACK failures reported as COMPRESSION_ERROR (RFC 9113 section 4.3)."""
-
-    def __init__(self, config: h2.config.H2Configuration) -> None:
-        super().__init__(config)
-        self.incoming_buffer = _FrameBuffer(server=True)
-
-    @property
-    def open_inbound_streams(self) -> int:
-        super().open_inbound_streams  # noqa: B018 - h2 cleans up closed streams here
-        return 0
-
-    def _receive_headers_frame(self, frame: Any) -> Any:
-        try:
-            return super()._receive_headers_frame(frame)
-        except h2.exceptions.ProtocolError as exc:
-            if isinstance(exc.__cause__, hpack.exceptions.HPACKError | IndexError) and not (
-                isinstance(exc, h2.exceptions.DenialOfServiceError)
-            ):
-                exc.error_code = ErrorCodes.COMPRESSION_ERROR
-            raise
 
 
 class Http2Stream(Stream):
@@ -206,7 +164,7 @@ class Http2Stream(Stream):
             lname = bytes(name).lower()
             if lname in _HOP_BY_HOP:
                 continue
-            if b"\r" in value or b"\n" in value or b"\x00" in value or not lname:
+            if b"\r" in value or b"\n" in value or b"\x00" in value or bad_name(lname):
                 raise ValueError("invalid response header")
             out.append((lname, bytes(value)))
         out.extend(self.conn.default_headers)
@@ -224,7 +182,7 @@ class Http2Stream(Stream):
             lname = bytes(name).lower()
             if lname in _HOP_BY_HOP or lname[:1] == b":":
                 continue
-            if b"\r" in value or b"\n" in value or b"\x00" in value or not lname:
+            if b"\r" in value or b"\n" in value or b"\x00" in value or bad_name(lname):
                 raise ValueError("invalid trailer field")
             trailers.append((lname, bytes(value)))
         self._trailers = trailers
@@ -235,9 +193,10 @@ class Http2Stream(Stream):
             return
         out = [(b":status", b"%d" % status)]
         for name, value in headers:
-            if b"\r" in value or b"\n" in value or b"\x00" in value:
+            lname = bytes(name).lower()
+            if b"\r" in value or b"\n" in value or b"\x00" in value or bad_name(lname):
                 raise ValueError("invalid informational header")
-            out.append((bytes(name).lower(), bytes(value)))
+            out.append((lname, bytes(value)))
         self.conn._send_headers(self.stream_id, out, False)
 
     def send_body(self, data: bytes, more: bool) -> None:
@@ -329,7 +288,7 @@ class Http2Stream(Stream):
             metrics = self.conn.ctx.metrics
             if metrics is not None:
                 metrics.aborted()  # no response will complete: no longer in flight
-            self.conn._reset(self, ErrorCodes.INTERNAL_ERROR)
+            self.conn._reset(self, INTERNAL_ERROR)
 
 
 class Http2Connection(asyncio.Protocol):
@@ -342,30 +301,16 @@ class Http2Connection(asyncio.Protocol):
         self.loop = loop
         self.extensions = extensions
         config = ctx.config
-        self.h2 = _H2Connection(
-            h2.config.H2Configuration(
-                client_side=False,
-                header_encoding=None,
-                validate_inbound_headers=True,
-                # Response headers are lowercased and checked in Http2Stream.send_head;
-                # h2 doing it again costs ~20% of a small response (DESIGN.md probe).
-                validate_outbound_headers=False,
-                normalize_outbound_headers=False,
-            )
+        self.h2 = H2Engine(
+            self,
+            max_concurrent_streams=config.h2_max_concurrent_streams,
+            initial_window_size=config.h2_initial_window_size,
+            max_frame_size=config.h2_max_frame_size,
+            max_header_list_size=config.h2_max_header_list_size,
+            # RFC 8441: WebSockets over HTTP/2, when the app can serve them.
+            enable_connect_protocol=ctx.ws_handler is not None,
+            connection_window=CONNECTION_WINDOW,
         )
-        self.h2.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: config.h2_max_concurrent_streams,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: config.h2_initial_window_size,
-                h2.settings.SettingCodes.MAX_FRAME_SIZE: config.h2_max_frame_size,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: config.h2_max_header_list_size,
-                # RFC 8441: WebSockets over HTTP/2, when the app can serve them.
-                h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: int(ctx.ws_handler is not None),
-            },
-        )
-        self.h2.decoder.max_header_list_size = config.h2_max_header_list_size
-        self.h2.max_inbound_frame_size = config.h2_max_frame_size  # h2 read it before we set it
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.streams: dict[int, Http2Stream] = {}
         self.scheme = "http"
@@ -399,14 +344,12 @@ class Http2Connection(asyncio.Protocol):
 
     def start(self) -> None:
         """Prior knowledge or ALPN: send our SETTINGS first (RFC 9113 section 3.4)."""
-        self.h2.initiate_connection()
-        self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        self.h2.initiate()
         self._write()
 
     def start_upgraded(self, settings: bytes, head: RequestHead) -> None:
         """h2c via Upgrade: the HTTP/1.1 request becomes stream 1 (RFC 7540 section 3.2)."""
-        self.h2.initiate_upgrade_connection(settings)
-        self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        self.h2.initiate_upgrade(settings)
         self._write()
         stream = Http2Stream(self, 1, head)
         stream._body_done = True
@@ -432,115 +375,118 @@ class Http2Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            events = self.h2.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
+            self.h2.receive(data)
+        except h2engine.H2ConnectionError as exc:
             logger.debug("HTTP/2 protocol error from %s: %s", self.client, exc)
             self._write()
             self._close()
             return
-        for event in events:
-            self._event(event)
         self._write()
 
-    # -- events --------------------------------------------------------------------------
+    # -- what the engine reports ---------------------------------------------------------
 
-    def _event(self, event: Any) -> None:
-        if isinstance(event, h2.events.DataReceived):
-            stream = self.streams.get(event.stream_id)
-            if not event.data and not event.stream_ended:
-                self._control()
-            if stream is None:
-                # A stream we already answered or reset: give the window back.
-                sid = event.stream_id
-                if event.flow_controlled_length:
-                    self._ack(sid, event.flow_controlled_length)
-                if sid in self._discarding:
-                    total = self._discarding[sid] + len(event.data)
-                    self._discarding[sid] = total
-                    if event.stream_ended is not None:
-                        del self._discarding[sid]
-                    elif self.ctx.max_body_size and total > self.ctx.max_body_size:
-                        del self._discarding[sid]
-                        self._reset_id(sid, ErrorCodes.CANCEL)
-                return
-            tunnel = self._tunnels.get(event.stream_id)
+    def h2_data(self, stream_id: int, data: bytes, flow_length: int, ended: bool) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            tunnel = self._tunnels.get(stream_id)
             if tunnel is not None:
-                tunnel.feed(event.data, event.flow_controlled_length)
+                tunnel.feed(data, flow_length)
+                if ended:
+                    self.h2_end(stream_id)
                 return
-            max_body = self.ctx.max_body_size
-            if max_body and stream._received + len(event.data) > max_body:
-                # The app sees a disconnect, never a truncated body presented as whole.
-                if not stream.send_error(413):
-                    stream.abort()
-                stream._lost()
-                self._reset_id(event.stream_id, ErrorCodes.CANCEL)
-                return
-            stream._feed(event.data, event.flow_controlled_length)
-        elif isinstance(event, h2.events.RequestReceived):
-            self._request(event.stream_id, event.headers, event.stream_ended is not None)
-        elif isinstance(event, h2.events.StreamEnded):
-            self._discarding.pop(event.stream_id, None)
-            tunnel = self._tunnels.pop(event.stream_id, None)
-            if tunnel is not None:
-                tunnel.ended()
-            stream = self.streams.get(event.stream_id)
-            if stream is not None:
-                stream._body_done = True
-                stream._wake()
-        elif isinstance(event, h2.events.StreamReset):
+            # A stream we already answered: give the window back.
+            if flow_length:
+                self._ack(stream_id, flow_length)
+            if stream_id in self._discarding:
+                total = self._discarding[stream_id] + len(data)
+                self._discarding[stream_id] = total
+                if ended:
+                    del self._discarding[stream_id]
+                elif self.ctx.max_body_size and total > self.ctx.max_body_size:
+                    del self._discarding[stream_id]
+                    self._reset_id(stream_id, CANCEL)
+            return
+        tunnel = self._tunnels.get(stream_id)
+        if tunnel is not None:
+            tunnel.feed(data, flow_length)
+            if ended:
+                self.h2_end(stream_id)
+            return
+        max_body = self.ctx.max_body_size
+        if max_body and stream._received + len(data) > max_body:
+            # The app sees a disconnect, never a truncated body presented as whole.
+            if not stream.send_error(413):
+                stream.abort()
+            stream._lost()
+            self._reset_id(stream_id, CANCEL)
+            return
+        stream._feed(data, flow_length)
+        if ended:
+            stream._body_done = True
+            stream._wake()
+
+    def h2_request(self, stream_id: int, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
+        self._request(stream_id, headers, ended)
+
+    def h2_end(self, stream_id: int) -> None:
+        self._discarding.pop(stream_id, None)
+        tunnel = self._tunnels.pop(stream_id, None)
+        if tunnel is not None:
+            tunnel.ended()
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream._body_done = True
+            stream._wake()
+
+    def h2_reset(self, stream_id: int, by_peer: bool) -> None:
+        if by_peer:
             self._resets += 1
             if self._resets > self.ctx.config.h2_max_resets:
                 self._calm("too many stream resets (rapid reset)")
-            stream = self.streams.pop(event.stream_id, None)
-            self._blocked.pop(event.stream_id, None)
-            if stream is not None:
-                stream._lost()
-            tunnel = self._tunnels.pop(event.stream_id, None)
-            if tunnel is not None:
-                tunnel.ended()
-        elif isinstance(event, h2.events.WindowUpdated):
-            self._control()
-            if event.stream_id == 0:
-                for stream in list(self._blocked.values()):
-                    self._flush_stream(stream)
-            else:
-                stream = self._blocked.get(event.stream_id)
-                if stream is not None:
-                    self._flush_stream(stream)
-        elif isinstance(
-            event,
-            h2.events.PingReceived
-            | h2.events.RemoteSettingsChanged
-            | h2.events.PriorityUpdated
-            | h2.events.SettingsAcknowledged,
-        ):
-            self._control()
-            if isinstance(event, h2.events.RemoteSettingsChanged):
-                for stream in list(self._blocked.values()):
-                    self._flush_stream(stream)
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            self._close()
+        self._discarding.pop(stream_id, None)
+        stream = self.streams.pop(stream_id, None)
+        self._blocked.pop(stream_id, None)
+        if stream is not None:
+            stream._lost()
+        tunnel = self._tunnels.pop(stream_id, None)
+        if tunnel is not None:
+            tunnel.ended()
 
-    def _control(self) -> None:
+    def h2_window(self, stream_id: int) -> None:
+        if stream_id == 0:
+            for stream in list(self._blocked.values()):
+                self._flush_stream(stream)
+        else:
+            blocked = self._blocked.get(stream_id)
+            if blocked is not None:
+                self._flush_stream(blocked)
+
+    def h2_goaway(self) -> None:
+        self._close()
+
+    def h2_control(self) -> None:
         self._control_frames += 1
         if self._control_frames > self.ctx.config.h2_max_control_frames:
             self._calm("control frame flood")
+
+    _control = h2_control
 
     def _calm(self, why: str) -> None:
         if self._goaway_sent:
             return
         logger.warning("HTTP/2 client %s: %s; closing the connection", self.client, why)
         self._goaway_sent = True
-        self.h2.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
+        self.h2.goaway(h2engine.ENHANCE_YOUR_CALM)
+        self.h2.closed = True  # nothing more is read
         self._write()
         self._close()
 
     def _request(self, stream_id: int, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
         if self._goaway_sent or self._closing:
-            self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            self.h2.reset(stream_id, REFUSED_STREAM)
             return
         if len(self.streams) >= self.ctx.config.h2_max_concurrent_streams:
-            self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            self.h2.reset(stream_id, REFUSED_STREAM)
             return
         method = path = authority = protocol = b""
         regular: list[tuple[bytes, bytes]] = []
@@ -629,9 +575,9 @@ class Http2Connection(asyncio.Protocol):
             (b"content-type", b"text/plain; charset=utf-8"),
             (b"content-length", b"%d" % len(body)),
         ]
-        self.h2.send_headers(stream_id, headers + self.default_headers)
-        self.h2.send_data(stream_id, body, end_stream=True)
-        self._reset_id(stream_id, ErrorCodes.CANCEL)
+        self.h2.send_headers(stream_id, headers + self.default_headers, False)
+        self.h2.send_data(stream_id, body, True)
+        self._reset_id(stream_id, CANCEL)
 
     def _start(self, stream: Http2Stream) -> None:
         ctx = self.ctx
@@ -646,9 +592,7 @@ class Http2Connection(asyncio.Protocol):
     # -- sending -----------------------------------------------------------------------
 
     def _send_headers(self, stream_id: int, headers: list[tuple[bytes, bytes]], end: bool) -> None:
-        try:
-            self.h2.send_headers(stream_id, headers, end_stream=end)
-        except h2.exceptions.StreamClosedError:
+        if not self.h2.send_headers(stream_id, headers, end):
             stream = self.streams.get(stream_id)
             if stream is not None:
                 stream._lost()
@@ -657,32 +601,36 @@ class Http2Connection(asyncio.Protocol):
 
     def _flush_stream(self, stream: Http2Stream) -> None:
         """Send as much of the stream's pending body as the windows allow."""
-        h2conn = self.h2
+        engine = self.h2
         sid = stream.stream_id
         pending = stream._pending
-        try:
-            while pending:
-                window = h2conn.local_flow_control_window(sid)
-                size = min(window, h2conn.max_outbound_frame_size, len(pending))
-                if size <= 0:
-                    if sid not in self._blocked:
-                        self._blocked[sid] = stream  # resumed by WINDOW_UPDATE
-                        stream.blocked_since = self.ctx.now
-                    self._write_soon()
-                    return
-                chunk = bytes(pending[:size])
-                del pending[:size]
-                end = not pending and stream._end_pending and stream._trailers is None
-                h2conn.send_data(sid, chunk, end_stream=end)
-                if end:
-                    stream._end_pending = False
-            if stream._end_pending:
+        sent = True
+        while pending:
+            size = min(engine.window(sid), engine.max_outbound_frame_size, len(pending))
+            if size <= 0:
+                if engine.streams.get(sid) is None:
+                    sent = False  # reset meanwhile
+                    break
+                if sid not in self._blocked:
+                    self._blocked[sid] = stream  # resumed by WINDOW_UPDATE
+                    stream.blocked_since = self.ctx.now
+                self._write_soon()
+                return
+            chunk = bytes(pending[:size])
+            del pending[:size]
+            end = not pending and stream._end_pending and stream._trailers is None
+            sent = engine.send_data(sid, chunk, end)
+            if not sent:
+                break
+            if end:
                 stream._end_pending = False
-                if stream._trailers is not None:
-                    h2conn.send_headers(sid, stream._trailers, end_stream=True)
-                else:
-                    h2conn.end_stream(sid)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+        if sent and stream._end_pending:
+            stream._end_pending = False
+            if stream._trailers is not None:
+                sent = engine.send_headers(sid, stream._trailers, True)
+            else:
+                sent = engine.send_data(sid, b"", True)
+        if not sent:
             stream._lost()
             stream._pending.clear()
         self._blocked.pop(sid, None)
@@ -703,7 +651,7 @@ class Http2Connection(asyncio.Protocol):
         if self.streams.get(sid) is stream and not stream._pending:
             del self.streams[sid]
             if stream._unacked:
-                self.h2.acknowledge_received_data(stream._unacked, sid)
+                self.h2.ack(sid, stream._unacked)
                 stream._unacked = 0
             if not stream._body_done:
                 # Answered before the whole body arrived: let the client finish its
@@ -716,22 +664,16 @@ class Http2Connection(asyncio.Protocol):
                 self._close()
 
     def _ack(self, stream_id: int, size: int) -> None:
-        try:
-            self.h2.acknowledge_received_data(size, stream_id)
-        except h2.exceptions.StreamClosedError:
-            return
+        self.h2.ack(stream_id, size)
         self._write_soon()
 
-    def _reset(self, stream: Http2Stream, code: ErrorCodes) -> None:
+    def _reset(self, stream: Http2Stream, code: int) -> None:
         self.streams.pop(stream.stream_id, None)
         self._blocked.pop(stream.stream_id, None)
         self._reset_id(stream.stream_id, code)
 
-    def _reset_id(self, stream_id: int, code: ErrorCodes) -> None:
-        try:
-            self.h2.reset_stream(stream_id, code)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            pass
+    def _reset_id(self, stream_id: int, code: int) -> None:
+        self.h2.reset(stream_id, code)
         self._write_soon()
 
     def _write(self) -> None:
@@ -768,12 +710,8 @@ class Http2Connection(asyncio.Protocol):
         if self._goaway_sent or self._closing:
             return
         self._goaway_sent = True
-        # Framed by hand: h2's close_connection() closes its state machine, which
-        # fails the in-flight streams that must still finish (RFC 9113 section 6.8).
+        self.h2.goaway(h2engine.NO_ERROR)  # in-flight streams finish (RFC 9113 section 6.8)
         self._write()
-        if not self.transport.is_closing():
-            last = self.h2.highest_inbound_stream_id
-            self.transport.write(GoAwayFrame(0, last_stream_id=last, error_code=0).serialize())
         if not self.streams:
             self._close()
 
@@ -794,7 +732,7 @@ class Http2Connection(asyncio.Protocol):
             if now - stream.blocked_since > ctx.send_timeout:
                 # The peer keeps its window shut: a zero-window stall (send timeout).
                 logger.debug("HTTP/2 stream %d stalled on flow control; reset", stream.stream_id)
-                self._reset(stream, ErrorCodes.CANCEL)
+                self._reset(stream, CANCEL)
                 stream._lost()
         for stream in list(self.streams.values()):
             if stream.deadline and now > stream.deadline and not stream._finished:
