@@ -295,6 +295,30 @@ def test_invalid_preface_closes_the_connection(server: Running) -> None:
     assert not data or data.startswith(b"HTTP/1.1 4") or data.startswith(b"HTTP/1.1 5"), data
 
 
+def test_invalid_preface_with_http2_only_is_a_connection_error() -> None:
+    """Section 3.4 with --http 2 (h2spec 3.5/2): bytes that are neither the preface nor
+    an HTTP/1.x request end in GOAWAY PROTOCOL_ERROR, not an HTTP/1.1 answer."""
+    with serve_in_thread(app, http="2") as running:
+        with socket.create_connection((running.host, running.port), timeout=TIMEOUT) as sock:
+            sock.sendall(b"INVALID CONNECTION PREFACE\r\n\r\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        assert not data.startswith(b"HTTP/"), data
+        frames = []
+        while len(data) >= 9:
+            frame, length = Frame.parse_frame_header(memoryview(data[:9]))
+            frame.parse_body(memoryview(data[9 : 9 + length]))
+            frames.append(frame)
+            data = data[9 + length :]
+        goaways = [f for f in frames if isinstance(f, GoAwayFrame)]
+        assert [g.error_code for g in goaways] == [ErrorCodes.PROTOCOL_ERROR], frames
+        # An HTTP/1.1 client is still told in its own words.
+        with socket.create_connection((running.host, running.port), timeout=TIMEOUT) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 505")
+
+
 # -- 4: frames -----------------------------------------------------------------------------------
 
 
@@ -378,6 +402,17 @@ def test_continuation_without_headers(peer: Peer) -> None:
     block = peer.block(peer.request_headers())
     peer.send(ContinuationFrame(1, data=block, flags=["END_HEADERS"]))
     expect_connection_error(peer, ErrorCodes.PROTOCOL_ERROR)
+
+
+@pytest.mark.parametrize("kind", ["data", "headers"])
+def test_frames_after_the_client_reset_the_stream(peer: Peer, kind: str) -> None:
+    """Section 5.1 (h2spec 5.1/8, 5.1/9): after the client's RST_STREAM the stream is
+    closed; DATA or HEADERS on it are a STREAM_CLOSED error."""
+    peer.send(peer.headers(1, peer.request_headers("/echo", "POST"), end_stream=False))
+    peer.send(RstStreamFrame(1, error_code=ErrorCodes.CANCEL))
+    late = DataFrame(1, data=b"late") if kind == "data" else peer.headers(1)
+    peer.send(late)
+    expect_stream_error(peer, 1, ErrorCodes.STREAM_CLOSED)
 
 
 def test_data_after_end_stream(peer: Peer) -> None:

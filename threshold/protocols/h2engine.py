@@ -760,7 +760,7 @@ class H2Engine:
         if len(payload) != 4:
             raise H2ConnectionError(FRAME_SIZE_ERROR, "RST_STREAM of other than 4 octets")
         if self.streams.pop(sid, None) is not None:
-            self._remember(sid, True)
+            self._remember(sid, False)  # closed by the client: later frames are STREAM_CLOSED
             self.owner.h2_reset(sid, True)
         elif sid > self.highest_inbound_stream_id or (not sid & 1 and sid not in self._closed):
             raise H2ConnectionError(PROTOCOL_ERROR, "RST_STREAM on an idle stream")
