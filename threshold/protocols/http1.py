@@ -989,7 +989,11 @@ class Http1Connection(asyncio.Protocol):
             self._switch_to_h2(seen)
             return False
         if self.ctx.config.http == "2":
-            self._send_protocol_error(505)  # --http 2: HTTP/1.1 is refused
+            line, crlf, _ = seen.partition(b"\r\n")
+            if crlf and b" HTTP/1." not in line:
+                self._switch_to_h2(seen)  # not HTTP/1.x: an invalid preface, GOAWAY
+            else:
+                self._send_protocol_error(505)  # --http 2: HTTP/1.1 is refused
             return False
         if len(seen) > len(data):
             self.data_received(seen)  # replay the bytes held while checking
