@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from threshold.protocols import h2engine
-from threshold.protocols.h2engine import H2ConnectionError, H2Engine, encode_headers
+from threshold.protocols.h2engine import H2ConnectionError, H2Engine, Request, encode_headers
 
 # -- the two servers -----------------------------------------------------------------------
 
@@ -49,8 +49,9 @@ class Recorder:
         self.controls = 0
         self.goaway = False
 
-    def h2_request(self, stream_id: int, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
-        self.seen.requests[stream_id] = [[tuple(h) for h in headers], b"", ended]
+    def h2_request(self, stream_id: int, request: Request, ended: bool) -> None:
+        view = (request.method, request.path, request.protocol, list(request.fields))
+        self.seen.requests[stream_id] = [view, b"", ended]
 
     def h2_data(self, stream_id: int, data: bytes, flow_length: int, ended: bool) -> None:
         entry = self.seen.requests[stream_id]
@@ -115,8 +116,8 @@ def run_h2(chunks: list[bytes]) -> Seen:
         for chunk in chunks:
             for event in conn.receive_data(chunk):
                 if isinstance(event, h2.events.RequestReceived):
-                    headers = [tuple(h) for h in event.headers]
-                    seen.requests[event.stream_id] = [headers, b"", event.stream_ended is not None]
+                    view = request_view(event.headers)
+                    seen.requests[event.stream_id] = [view, b"", event.stream_ended is not None]
                 elif isinstance(event, h2.events.DataReceived):
                     seen.requests[event.stream_id][1] += event.data
                 elif isinstance(event, h2.events.StreamEnded):
@@ -126,6 +127,16 @@ def run_h2(chunks: list[bytes]) -> Seen:
     except h2.exceptions.ProtocolError as exc:
         seen.error = int(exc.error_code)
     return seen
+
+
+def request_view(headers: list[tuple[bytes, bytes]]) -> tuple[Any, ...]:
+    """A header list in the engine's shape: method, path, protocol, regular fields
+    (``host`` first when only ``:authority`` came)."""
+    pseudo = {n: v for n, v in headers if n[:1] == b":"}
+    fields = [(n, v) for n, v in headers if n[:1] != b":"]
+    if not any(n == b"host" for n, _ in fields):
+        fields.insert(0, (b"host", pseudo[b":authority"]))
+    return (pseudo[b":method"], pseudo.get(b":path", b""), pseudo.get(b":protocol", b""), fields)
 
 
 def parse_frames(data: bytes) -> list[Frame]:
@@ -201,17 +212,17 @@ def test_same_requests_as_h2(data: bytes, cuts: list[int]) -> None:
     ours, _ = run_engine(chunks)
     theirs = run_h2(chunks)
     assert ours.error is None and theirs.error is None
-    assert cookies_last(ours.requests) == theirs.requests
+    assert cookie_last(ours.requests) == theirs.requests
     assert ours.resets == theirs.resets
     assert not ours.refused
 
 
-def cookies_last(requests: dict[int, list[Any]]) -> dict[int, list[Any]]:
-    """h2 moves the (joined) cookie field to the end; the engine keeps its place."""
+def cookie_last(requests: dict[int, list[Any]]) -> dict[int, list[Any]]:
+    """h2 moves the (joined) cookie field last; the engine keeps its place."""
     moved = {}
-    for sid, (headers, body, ended) in requests.items():
-        order = sorted(headers, key=lambda h: h[0] == b"cookie")  # stable: others keep order
-        moved[sid] = [order, body, ended]
+    for sid, ((method, path, protocol, fields), body, ended) in requests.items():
+        fields = sorted(fields, key=lambda f: f[0] == b"cookie")  # stable: the rest keep order
+        moved[sid] = [(method, path, protocol, fields), body, ended]
     return moved
 
 
@@ -361,8 +372,8 @@ def test_repeated_indexed_block_uses_the_cache_until_the_table_changes() -> None
     assert not eng._requests
     client.send_headers(9, request, end_stream=True)
     eng.receive(client.data_to_send())
-    assert recorder.seen.requests[9][0] == request
-    assert recorder.seen.requests[7][0] == changed
+    assert recorder.seen.requests[9][0] == request_view(request)
+    assert recorder.seen.requests[7][0] == request_view(changed)
 
 
 def test_several_cookie_fields_are_joined_for_the_app() -> None:
@@ -371,8 +382,8 @@ def test_several_cookie_fields_are_joined_for_the_app() -> None:
                             (b":authority", b"a"), (b"cookie", b"a=1"), (b"accept", b"*/*"),
                             (b"cookie", b"b=2")], end_stream=True)  # fmt: skip
     eng.receive(client.data_to_send())
-    headers = recorder.seen.requests[1][0]
-    assert headers[4:] == [(b"cookie", b"a=1; b=2"), (b"accept", b"*/*")]
+    fields = recorder.seen.requests[1][0][3]
+    assert fields == [(b"host", b"a"), (b"cookie", b"a=1; b=2"), (b"accept", b"*/*")]
 
 
 def test_local_window_applies_once_acknowledged() -> None:
@@ -438,7 +449,7 @@ def test_continuation_split_header_block_is_one_request() -> None:
     data = h2engine.PREFACE + SettingsFrame(0).serialize()
     data += b"".join(f.serialize() for f in frames)
     ours, _ = run_engine([data])
-    assert ours.requests[1][0][-1] == (b"x-long", b"z" * 500)
+    assert ours.requests[1][0][3][-1] == (b"x-long", b"z" * 500)
 
 
 def test_random_splits_of_a_long_conversation() -> None:
@@ -458,5 +469,5 @@ def test_random_splits_of_a_long_conversation() -> None:
     cuts = [rng.randrange(len(data)) for _ in range(200)]
     chunks = split(data, cuts)
     ours, _ = run_engine(chunks)
-    assert cookies_last(ours.requests) == run_h2(chunks).requests
+    assert cookie_last(ours.requests) == run_h2(chunks).requests
     assert len(ours.requests) == 40

@@ -21,7 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import struct
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import hpack
 import hpack.exceptions
@@ -61,6 +61,16 @@ _INDEXED = bytes(range(0x81, 0xFF))
 _REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":path", b":authority", b":protocol"})
 
 
+class Request(NamedTuple):
+    """A checked request header block, as the connection needs it."""
+
+    method: bytes
+    path: bytes  # with the query string; empty for CONNECT
+    protocol: bytes  # RFC 8441 extended CONNECT, or empty
+    fields: list[tuple[bytes, bytes]]  # the regular fields; host first if only :authority
+    content_length: int  # declared, or -1
+
+
 class H2ConnectionError(Exception):
     """A connection error: GOAWAY with ``code`` is queued; close after writing it."""
 
@@ -78,9 +88,8 @@ class _StreamError(Exception):
 class H2Owner(Protocol):
     """What the engine calls back while :meth:`H2Engine.receive` reads frames."""
 
-    def h2_request(
-        self, stream_id: int, headers: list[tuple[bytes, bytes]], ended: bool
-    ) -> None: ...
+    def h2_request(self, stream_id: int, request: Request, ended: bool) -> None:
+        """A new stream; ``request.fields`` is shared with later identical requests."""
 
     def h2_data(self, stream_id: int, data: bytes, flow_length: int, ended: bool) -> None: ...
 
@@ -214,8 +223,8 @@ class H2Engine:
         self._in_window = DEFAULT_WINDOW
         self.streams: dict[int, _Stream] = {}
         self._closed: dict[int, bool] = {}  # recently closed stream -> we reset it
-        # Checked request blocks made only of indexed fields -> (headers, content-length).
-        self._requests: dict[bytes, tuple[list[tuple[bytes, bytes]], int]] = {}
+        # Checked request blocks made only of indexed fields.
+        self._requests: dict[bytes, Request] = {}
         self.highest_inbound_stream_id = 0
         self._out = bytearray()
         self._buf = b""
@@ -342,8 +351,9 @@ class H2Engine:
     def _remember(self, stream_id: int, reset: bool) -> None:
         closed = self._closed
         closed[stream_id] = reset
-        if len(closed) > RECENTLY_CLOSED:
-            del closed[next(iter(closed))]
+        if len(closed) > 2 * RECENTLY_CLOSED:
+            # Pruned in bulk: deleting the oldest one by one makes iter() crawl over holes.
+            self._closed = dict(list(closed.items())[RECENTLY_CLOSED:])
 
     # -- input ---------------------------------------------------------------------------
 
@@ -486,14 +496,16 @@ class H2Engine:
             raise H2ConnectionError(COMPRESSION_ERROR, f"HPACK: {exc}") from exc
 
     def _header_block(self, flags: int, sid: int, block: bytes) -> None:
-        cached = self._requests.get(block)
-        headers = self._decode(block) if cached is None else cached[0]
+        request = self._requests.get(block)
+        headers = self._decode(block) if request is None else []
         ended = bool(flags & END_STREAM)
         stream = self.streams.get(sid)
         if stream is not None:
             if stream.remote_closed:
                 self._stream_error(sid, STREAM_CLOSED)
                 return
+            if request is not None:
+                headers = self._decode(block)
             self._trailers(sid, stream, headers, ended)
             return
         if sid in self._closed:
@@ -503,20 +515,19 @@ class H2Engine:
         if sid <= self.highest_inbound_stream_id or not sid & 1:
             raise H2ConnectionError(PROTOCOL_ERROR, f"invalid new stream id {sid}")
         self.highest_inbound_stream_id = sid
-        if cached is not None:
-            content_length = cached[1]
-        else:
+        if request is None:
             try:
-                content_length = self._check_request(headers)
+                request = self._check_request(headers)
             except _StreamError as exc:
                 self._stream_error(sid, exc.code)
                 return
             if not block.translate(None, _INDEXED):
-                # Only indexed fields: decoding it again gives the same list until
+                # Only indexed fields: decoding it again gives the same request until
                 # another block changes the dynamic table (clients repeat requests).
                 if len(self._requests) >= 64:
                     self._requests.clear()
-                self._requests[block] = (headers, content_length)
+                self._requests[block] = request
+        content_length = request.content_length
         stream = _Stream(self._in_initial_window, self._out_initial_window)
         stream.content_length = content_length
         self.streams[sid] = stream
@@ -525,17 +536,17 @@ class H2Engine:
                 self._stream_error(sid, PROTOCOL_ERROR)
                 return
             stream.remote_closed = True
-        self.owner.h2_request(sid, headers, ended)
+        self.owner.h2_request(sid, request, ended)
 
-    def _check_request(self, headers: list[tuple[bytes, bytes]]) -> int:
-        """Section 8.3 pseudo-header rules and 8.2 field rules; the content-length or -1."""
+    def _check_request(self, headers: list[tuple[bytes, bytes]]) -> Request:
+        """Section 8.3 pseudo-header rules and 8.2 field rules."""
         method = scheme = path = authority = protocol = host = None
-        regular = False
+        fields: list[tuple[bytes, bytes]] = []
         content_length = -1
         cookies = 0
         for name, value in headers:
             if name[:1] == b":":
-                if regular or name not in _REQUEST_PSEUDO:
+                if fields or name not in _REQUEST_PSEUDO:
                     raise _StreamError(PROTOCOL_ERROR, "misplaced or unknown pseudo-header")
                 if name == b":method":
                     if method is not None:
@@ -560,7 +571,7 @@ class H2Engine:
                 if _bad_value(value):
                     raise _StreamError(PROTOCOL_ERROR, "invalid pseudo-header value")
                 continue
-            regular = True
+            fields.append((name, value))
             content_length = self._check_field(name, value, content_length)
             if name == b"host":
                 if host is not None:
@@ -572,16 +583,23 @@ class H2Engine:
             raise _StreamError(PROTOCOL_ERROR, "no :authority or host")
         if authority is not None and host is not None and authority != host:
             raise _StreamError(PROTOCOL_ERROR, ":authority and host differ")
-        if method is None:
-            raise _StreamError(PROTOCOL_ERROR, "no :method")
+        if method is None or _bad_method(method):
+            raise _StreamError(PROTOCOL_ERROR, "no :method, or not a token")
         if method == b"CONNECT" and protocol is None:
             if scheme is not None or path is not None or authority is None:
                 raise _StreamError(PROTOCOL_ERROR, "malformed CONNECT")
-        elif scheme is None or not path or (protocol is not None and method != b"CONNECT"):
-            raise _StreamError(PROTOCOL_ERROR, "missing or empty :scheme or :path")
+        elif (
+            scheme is None
+            or not path
+            or (path[0] != 0x2F and (path != b"*" or method != b"OPTIONS"))  # "/" or "*"
+            or (protocol is not None and method != b"CONNECT")
+        ):
+            raise _StreamError(PROTOCOL_ERROR, "missing, empty or invalid :scheme or :path")
         if cookies > 1:
-            _join_cookies(headers)
-        return content_length
+            _join_cookies(fields)
+        if host is None:
+            fields.insert(0, (b"host", authority or b""))  # what HTTP/1.1 apps read
+        return Request(method, path or b"", protocol or b"", fields, content_length)
 
     @staticmethod
     def _check_field(name: bytes, value: bytes, content_length: int) -> int:
@@ -784,12 +802,17 @@ def _join_cookies(headers: list[tuple[bytes, bytes]]) -> None:
     headers.insert(first, (b"cookie", b"; ".join(values)))
 
 
-def _token_chars() -> bytes:
-    allowed = set(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")
+def _not_token(extra: bytes) -> bytes:
+    allowed = set(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz" + extra)
     return bytes(c for c in range(256) if c not in allowed)
 
 
-_NOT_TOKEN = _token_chars()
+_NOT_TOKEN = _not_token(b"")
+_NOT_METHOD = _not_token(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _bad_method(method: bytes) -> bool:
+    return not method or len(method.translate(None, _NOT_METHOD)) != len(method)
 
 
 def bad_name(name: bytes) -> bool:

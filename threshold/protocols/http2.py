@@ -49,6 +49,7 @@ class Http2Stream(Stream):
         "_drain_waiter",
         "_end_pending",
         "_finished",
+        "_has_length",
         "_head",
         "_head_sent",
         "_is_head",
@@ -83,6 +84,7 @@ class Http2Stream(Stream):
         self._disconnected = False
         self._head: list[tuple[bytes, bytes]] | None = None
         self._head_sent = False
+        self._has_length = False
         self.deadline = 0.0
         self.blocked_since = 0.0
         self._pending = bytearray()  # response bytes waiting for flow-control window
@@ -160,13 +162,17 @@ class Http2Stream(Stream):
         if not 100 <= status <= 999:
             raise ValueError(f"invalid status code {status!r}")
         out = [(b":status", b"%d" % status)]
+        has_length = False
         for name, value in headers:
             lname = bytes(name).lower()
             if lname in _HOP_BY_HOP:
                 continue
             if b"\r" in value or b"\n" in value or b"\x00" in value or bad_name(lname):
                 raise ValueError("invalid response header")
+            if lname == b"content-length":
+                has_length = True
             out.append((lname, bytes(value)))
+        self._has_length = has_length
         out.extend(self.conn.default_headers)
         rid = self.head.request_id
         if rid is not None and all(n != b"x-request-id" for n, _ in out):
@@ -212,7 +218,7 @@ class Http2Stream(Stream):
             self._head_sent = True
             # HEAD gets the content-length GET would have; 204 and 304 get none.
             bodiless = self.status in NO_BODY_STATUS
-            if not more and data and not bodiless and all(n != b"content-length" for n, _ in head):
+            if not more and data and not bodiless and not self._has_length:
                 head.append((b"content-length", b"%d" % len(data)))
             if self._is_head or bodiless:
                 data = b""
@@ -425,9 +431,6 @@ class Http2Connection(asyncio.Protocol):
             stream._body_done = True
             stream._wake()
 
-    def h2_request(self, stream_id: int, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
-        self._request(stream_id, headers, ended)
-
     def h2_end(self, stream_id: int) -> None:
         self._discarding.pop(stream_id, None)
         tunnel = self._tunnels.pop(stream_id, None)
@@ -481,44 +484,24 @@ class Http2Connection(asyncio.Protocol):
         self._write()
         self._close()
 
-    def _request(self, stream_id: int, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
+    def h2_request(self, stream_id: int, request: h2engine.Request, ended: bool) -> None:
         if self._goaway_sent or self._closing:
             self.h2.reset(stream_id, REFUSED_STREAM)
             return
         if len(self.streams) >= self.ctx.config.h2_max_concurrent_streams:
             self.h2.reset(stream_id, REFUSED_STREAM)
             return
-        method = path = authority = protocol = b""
-        regular: list[tuple[bytes, bytes]] = []
-        has_host = False
-        for name, value in headers:
-            if name[:1] == b":":
-                if name == b":method":
-                    method = value
-                elif name == b":path":
-                    path = value
-                elif name == b":authority":
-                    authority = value
-                elif name == b":protocol":
-                    protocol = value
-            else:
-                if name == b"host":
-                    has_host = True
-                regular.append((name, value))
-        if authority and not has_host:
-            regular.insert(0, (b"host", authority))  # what HTTP/1.1 apps expect
         max_body = self.ctx.max_body_size
-        for name, value in regular:
-            if name == b"content-length" and max_body and value.isdigit() and int(value) > max_body:
-                self._refuse(stream_id, 413)
-                return
-        raw_path, _, query = path.partition(b"?")
+        if max_body and request.content_length > max_body:
+            self._refuse(stream_id, 413)
+            return
+        raw_path, _, query = request.path.partition(b"?")
         head = RequestHead(
-            method.decode("ascii"),
+            request.method.decode("ascii"),
             raw_path,
             query,
             "2",
-            regular,
+            request.fields.copy(),  # the engine's list is shared with repeated requests
             self.scheme,
             self.client,
             self.server,
@@ -526,8 +509,8 @@ class Http2Connection(asyncio.Protocol):
         stream = Http2Stream(self, stream_id, head)
         stream._body_done = ended
         self.streams[stream_id] = stream
-        if protocol:
-            self._extended_connect(stream, protocol)
+        if request.protocol:
+            self._extended_connect(stream, request.protocol)
             return
         self._start(stream)
 
