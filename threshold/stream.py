@@ -184,6 +184,27 @@ class Stream:
         raise NotImplementedError
 
     # -- from a worker thread (WSGI) -------------------------------------------
+    def take_body_threadsafe(self) -> tuple[bytes, bool] | None:
+        """From a worker thread: what ``receive_body`` would return now, without the loop.
+
+        Returns the body bytes already received (or ``(b"", False)`` at the end), or
+        None when only ``receive_body`` on the loop can answer: nothing is buffered
+        yet, or the protocol keeps its buffer on the loop (this default). Raises
+        ClientDisconnected as ``receive_body`` does.
+        """
+        return None
+
+    def send_more_threadsafe(self, status: int, headers: Headers | None, body: bytes) -> bool:
+        """From a worker thread: (the head and) a body block with more to follow, written
+        without the loop when the connection can take it at once.
+
+        False when nothing was sent (this default): the caller sends the block on the
+        loop (``send_body(body, True)``, then ``drain()``). True when the block is sent
+        or handed to the loop in order; a later block then finds the connection busy
+        until the loop has written it, so a slow client still stops the caller.
+        """
+        return False
+
     def send_threadsafe(
         self, status: int, headers: Headers | None, body: bytes, more: bool
     ) -> None:

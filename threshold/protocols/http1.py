@@ -118,6 +118,7 @@ class Http1Stream(Stream):
         "_no_body",
         "_overhead",
         "_received",
+        "_rest_pending",
         "_wait_since",
         "body_sent",
         "conn",
@@ -164,6 +165,7 @@ class Http1Stream(Stream):
         self._chunks = 0  # chunk headers seen (chunked request bodies)
         self._overhead = -1  # framing + extension bytes of a chunked body (-1: not chunked)
         self._wait_since = -1.0
+        self._rest_pending = False  # a WSGI thread handed the loop the rest of a write
 
     # -- request body (fed by the connection) ---------------------------------
 
@@ -178,13 +180,21 @@ class Http1Stream(Stream):
         if self._discard:
             return
         self._wait_since = -1.0
-        self._body.append(data)
-        self._body_size += len(data)
+        lock = self.conn._lock
+        if lock is None:
+            self._buffer(data)
+        else:
+            with lock:  # a WSGI thread may be taking the body (take_body_threadsafe)
+                self._buffer(data)
         waiter = self._body_waiter
         if waiter is not None:
             self._body_waiter = None
             if not waiter.done():
                 waiter.set_result(None)
+
+    def _buffer(self, data: bytes) -> None:
+        self._body.append(data)
+        self._body_size += len(data)
         if self._body_size > BODY_HIGH_WATER:
             self.conn._pause_reading()
 
@@ -224,6 +234,30 @@ class Http1Stream(Stream):
             self._body_waiter = waiter
             self._wait_since = self.conn.ctx.now
             await waiter
+
+    def take_body_threadsafe(self) -> tuple[bytes, bool] | None:
+        lock = self.conn._lock
+        if lock is None:
+            return None
+        conn = self.conn
+        with lock:  # against _feed on the loop
+            # Read "done" before the chunks: the loop appends them all before it sets it.
+            done = self._body_done
+            body = self._body
+            if body:
+                data = body[0] if len(body) == 1 else b"".join(body)
+                body.clear()
+                self._body_size = 0
+                resume = conn._reading_paused  # perhaps paused by this body (_feed)
+            elif done:
+                return b"", False
+            elif self._disconnected:
+                raise ClientDisconnected("client disconnected while sending the body")
+            else:
+                return None  # wait on the loop (which also sends 100 Continue)
+        if resume:
+            conn.loop.call_soon_threadsafe(conn._maybe_resume_reading)
+        return data, not done
 
     async def wait_disconnect(self) -> None:
         if self._disconnected or self._finished:
@@ -388,12 +422,13 @@ class Http1Stream(Stream):
     def send_threadsafe(
         self, status: int, headers: Headers | None, body: bytes, more: bool
     ) -> None:
-        """A whole response from a WSGI thread: written straight to the socket when
-        nothing else is in flight on it, so the common case needs no hop to the loop
-        (DESIGN.md, WSGI probe); otherwise handed to the loop."""
+        """The end of a response from a WSGI thread (the whole response, or its last
+        block): written straight to the socket when nothing else is in flight on it, so
+        the common case needs no hop to the loop (DESIGN.md, WSGI probe); otherwise
+        handed to the loop."""
         conn = self.conn
         lock = conn._lock
-        if more or headers is None or lock is None or conn._fd < 0:
+        if more or lock is None or conn._fd < 0:
             super().send_threadsafe(status, headers, body, more)
             return
         with lock:
@@ -405,25 +440,29 @@ class Http1Stream(Stream):
                 or conn._write_paused
                 or self._finished
                 or self._disconnected
+                or self._rest_pending
                 or not self._body_done
                 or conn.transport.get_write_buffer_size()
             ):
                 data = None
             else:
                 try:
-                    self.send_head(status, headers)
+                    if headers is not None:
+                        self.send_head(status, headers)
                     data = self._render(body, False)
                 except (ValueError, RuntimeError, ClientDisconnected):
                     data = None
                     self._head_parts = None
             if data is not None:
                 if not self.keep_alive:
-                    written = 0  # the loop closes the connection after writing
-                else:
-                    try:
-                        written = os.write(conn._fd, data)
-                    except OSError:
-                        written = 0  # EAGAIN, or a broken connection the loop will see
+                    # The loop closes the connection after writing (the app's framing may
+                    # have just broken: a body shorter than its Content-Length).
+                    conn.loop.call_soon_threadsafe(self._write_rest, data)
+                    return
+                try:
+                    written = os.write(conn._fd, data)
+                except OSError:
+                    written = 0  # EAGAIN, or a broken connection the loop will see
                 if written == len(data):
                     self._finished = True
                     conn._active = None
@@ -436,6 +475,49 @@ class Http1Stream(Stream):
         access_log = conn.ctx.access_log
         if access_log is not None:
             access_log(self, self.status, self.body_sent, perf_counter() - self.start_time)
+
+    def send_more_threadsafe(self, status: int, headers: Headers | None, body: bytes) -> bool:
+        conn = self.conn
+        lock = conn._lock
+        if lock is None or conn._fd < 0:
+            return False
+        with lock:
+            # Only onto an idle socket: nothing queued in the transport, and no earlier
+            # block still on its way to it (ordering), else the loop's drain() decides.
+            if (
+                conn._active is not self
+                or conn._closing
+                or conn._write_paused
+                or self._finished
+                or self._disconnected
+                or self._rest_pending
+                or conn.transport.get_write_buffer_size()
+            ):
+                return False
+            try:
+                if headers is not None:
+                    self.send_head(status, headers)
+                data = self._render(body, True)
+            except (ValueError, RuntimeError, ClientDisconnected):
+                self._head_parts = None
+                return False  # the loop raises it again, for the app to see
+            if not data:
+                return True
+            try:
+                written = os.write(conn._fd, data)
+            except OSError:
+                written = 0  # EAGAIN (a slow client), or a broken connection the loop will see
+            if written < len(data):
+                # The loop writes the rest; until then later blocks go through the loop.
+                self._rest_pending = True
+                conn.loop.call_soon_threadsafe(self._write_rest_more, data[written:])
+        return True
+
+    def _write_rest_more(self, data: bytes) -> None:
+        """Loop side of a direct write of a block that did not go out whole."""
+        if not self._disconnected and not self._finished:
+            self.conn.transport.write(data)
+        self._rest_pending = False  # after the write: a thread now sees the buffer
 
     def _write_rest(self, data: bytes) -> None:
         """Loop side of a direct write that did not go out whole."""
@@ -500,6 +582,17 @@ class Http1Stream(Stream):
 
     def send_error(self, status: int) -> bool:
         """Replace an unsent response with a plain error response; False if too late."""
+        lock = self.conn._lock
+        if lock is None:
+            sent = self._write_error_response(status)
+        else:
+            with lock:  # a WSGI thread may be writing this response itself
+                sent = self._write_error_response(status)
+        if sent:
+            self._finish()
+        return sent
+
+    def _write_error_response(self, status: int) -> bool:
         if self._head_written or self._finished or self._disconnected:
             return False
         self._head_parts = None
@@ -509,7 +602,8 @@ class Http1Stream(Stream):
             metrics.limit_hit(status)  # 413, 504, 503: the server's answer, not the app's
         body = f"{status} {HTTPStatus(status).phrase}\n".encode()
         self.send_head(status, [(b"content-type", b"text/plain; charset=utf-8")])
-        self.send_body(body, False)
+        self.conn.transport.write(self._render(body, False))
+        self._finished = True  # no direct write from a WSGI thread after this
         return True
 
     def abort(self) -> None:
@@ -657,7 +751,14 @@ class Http1Connection(asyncio.Protocol):
         self.ctx.connections.discard(self)
         if self._ws is not None and not self._ws.accepted:
             self._ws.connection_lost(exc)
-        self._closing = True
+        lock = self._lock
+        if lock is None:
+            self._closing = True
+        else:
+            # The transport closes the fd after this returns: a WSGI thread writing to it
+            # (send_threadsafe) finishes first, and none starts after (fd reuse).
+            with lock:
+                self._closing = True
         for stream in (self._active, self._current):
             if stream is not None:
                 stream._lost()
