@@ -33,6 +33,8 @@ logger = logging.getLogger("threshold.error")
 
 # Request body buffered per stream before reading from the socket pauses.
 BODY_HIGH_WATER = 256 * 1024
+# Files up to this size are read and written with the response head, not sendfile()d.
+SENDFILE_MIN = 256 * 1024
 # Transport write buffer limits: a client slower than the app pauses the app.
 WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
@@ -549,9 +551,12 @@ class Http1Stream(Stream):
             raise ClientDisconnected("client disconnected")
 
     async def send_file(self, file: IO[bytes], offset: int, count: int | None) -> None:
-        self.send_body(b"", True)
-        if count == 0:
+        if count is not None and count <= SENDFILE_MIN:
+            # Small files: read and written with the head, one write (uvloop has no
+            # sendfile anyway, and a sendfile call would cost more than the copy).
+            await self._send_file_chunks(file, offset, count)
             return
+        self.send_body(b"", True)
         if self._chunked or self._no_body:
             await self._send_file_chunks(file, offset, count)
             return
