@@ -901,3 +901,24 @@ def test_thousand_idle_websockets_memory(run_process: Callable[..., Any]) -> Non
         per_conn = run(main(running, running.process.pid), timeout=30)
     print(f"\nRSS per idle WebSocket connection: {per_conn:.1f} KiB")
     assert per_conn < 64
+
+
+@pytest.mark.parametrize("compression", [None, "deflate"])
+def test_echo_at_every_length_encoding(serve: Serve, compression: str | None) -> None:
+    """Payload lengths on both sides of the 7-bit, 16-bit and 64-bit length forms, text
+    and binary, with and without permessage-deflate (which websockets frames itself)."""
+    sizes = [0, 1, 125, 126, 127, 65535, 65536, 70000]
+
+    async def main(running: Running) -> None:
+        async with client(running, compression=compression, max_size=None) as ws:
+            sent: list[str | bytes] = []
+            for size in sizes:
+                sent.append(os.urandom(size))  # bytes
+                sent.append("é" * (size // 2) + "x" * (size % 2))  # str, multi-byte UTF-8
+            for message in sent:
+                await ws.send(message)
+            for message in sent:
+                assert await ws.recv() == message
+
+    with serve(ws_apps.echo) as running:
+        run(main(running))

@@ -16,6 +16,7 @@ import binascii
 import codecs
 import logging
 import os
+import struct
 from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -111,6 +112,15 @@ def offered_subprotocols(head: RequestHead) -> list[str]:
     return result
 
 
+def _frame_header(first: int, length: int) -> bytes:
+    """FIN + opcode, then the payload length (RFC 6455 section 5.2); servers do not mask."""
+    if length < 126:
+        return bytes((first, length))
+    if length < 65536:
+        return struct.pack("!BBH", first, 126, length)
+    return struct.pack("!BBQ", first, 127, length)
+
+
 class _ServerProtocol(ServerProtocol):
     """websockets' server protocol, but a close frame may end a fragmented message.
 
@@ -141,6 +151,7 @@ class WebSocketSession(WebSocketStream, asyncio.Protocol):
         self._stream_drain = getattr(transport, "drain", None)
         self.proto: ServerProtocol | None = None  # set on accept
         self.accepted = False
+        self._plain = False  # no extension: messages are framed here, not by websockets
         self._early: list[bytes] = []  # bytes after the handshake request, before accept
         self._queue: deque[str | bytes] = deque()
         self._waiter: asyncio.Future[None] | None = None
@@ -202,6 +213,7 @@ class WebSocketSession(WebSocketStream, asyncio.Protocol):
         proto = _ServerProtocol(state=State.OPEN, max_size=config.ws_max_message_size)
         proto.extensions = extensions
         self.proto = proto
+        self._plain = not extensions
         self.accepted = True
         self._last_seen = self.ctx.now
         self.conn.accept_websocket(self, response)
@@ -363,11 +375,20 @@ class WebSocketSession(WebSocketStream, asyncio.Protocol):
         proto = self.proto
         if proto is None or self._lost or proto.state is not State.OPEN:
             raise ClientDisconnected("WebSocket is closed")
-        if isinstance(data, str):
-            proto.send_text(data.encode("utf-8"))
+        if self._plain:
+            # One unfragmented, unmasked frame is a header and the payload: built here,
+            # it skips websockets' Frame objects (the state machine has nothing to track).
+            if isinstance(data, str):
+                payload = data.encode("utf-8")
+                self.transport.write(_frame_header(0x81, len(payload)) + payload)
+            else:
+                self.transport.write(b"".join((_frame_header(0x82, len(data)), data)))
         else:
-            proto.send_binary(data)
-        self._flush()
+            if isinstance(data, str):
+                proto.send_text(data.encode("utf-8"))
+            else:
+                proto.send_binary(data)
+            self._flush()
         if self._stream_drain is not None:  # HTTP/2: the stream's flow control
             await self._stream_drain()
         while self._write_paused and not self._lost:
