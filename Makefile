@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint typecheck pytest bench bench-quick clean
+.PHONY: run test lint typecheck pytest bench bench-quick flamegraphs clean
 
 $(BIN)/threshold: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ bench: $(BIN)/threshold
 
 bench-quick: $(BIN)/threshold
 	$(BIN)/python bench/run.py --quick
+
+# py-spy flame graphs of Threshold under each load, written to docs/perf/*.svg.
+flamegraphs: $(BIN)/threshold
+	$(BIN)/python bench/flame.py
 
 # Autobahn testsuite (wstest, Python 2.7 env built on first use) against an ASGI echo app.
 .PHONY: conformance-ws conformance-ws-quick
