@@ -131,6 +131,12 @@ class Config:
     threads: int = option(
         8, "Size of the thread pool that runs WSGI applications.", minimum=1, metavar="N"
     )
+    wsgi_inline: bool = option(
+        False,
+        "Call the WSGI app on the event-loop thread, without the thread pool: only for apps "
+        "that never block (no I/O, no sleep, no locks); a blocking app stalls every "
+        "connection of the worker (see docs/wsgi.md).",
+    )
     timeout_graceful_shutdown: float = option(
         30.0,
         "Seconds to let in-flight requests finish after SIGTERM/SIGINT before closing them.",

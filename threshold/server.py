@@ -131,7 +131,13 @@ class Server:
         if interface == "wsgi":
             multiprocess = hooks is not None and hooks.multiprocess
             wsgi = WsgiHandler(
-                app, loop, config.threads, config.root_path, multiprocess, config.max_pending_wsgi
+                app,
+                loop,
+                config.threads,
+                config.root_path,
+                multiprocess,
+                config.max_pending_wsgi,
+                config.wsgi_inline,
             )
             handler: Any = wsgi
         else:
@@ -159,14 +165,15 @@ class Server:
             if ws_handler is not None:
                 ws_handler = forwarded.wrap(ws_handler, trusted)
         metrics = self.metrics
+        threaded = wsgi is not None and not config.wsgi_inline  # responses from pool threads
         completed: AccessLogHook | None = access_log
         if metrics is not None:
             metrics.start(interface)
-            if wsgi is not None:
+            if threaded:
                 metrics.lock = threading.Lock()  # WSGI threads complete responses too
             completed = _observed(metrics, access_log)
         ctx = ServerContext(config, handler, completed, ws_handler)
-        ctx.threaded = wsgi is not None
+        ctx.threaded = threaded
         ctx.metrics = metrics
         if ssl_context is not None:
             with open(config.certfile) as f:
