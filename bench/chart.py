@@ -23,6 +23,7 @@ from report import SUMMARY_SERVERS, summary_rows
 
 COLORS = {
     "threshold": "#d62728",
+    "threshold pure": "#f4a3a3",
     "uvicorn": "#1f77b4",
     "granian": "#2ca02c",
     "hypercorn": "#9467bd",

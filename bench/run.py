@@ -128,7 +128,10 @@ def ensure_venv() -> None:
 def _pip_install(*args: str) -> None:
     """pip install into bench/.venv; its chatter is shown only when it fails."""
     argv = [str(VENV_BIN / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    done = subprocess.run([*argv, *args], capture_output=True, text=True)
+    # The editable Threshold here is the pure source: compiled modules built into the work
+    # tree would shadow its .py files everywhere. The compiled build is `make compiled`.
+    env = {**os.environ, "THRESHOLD_NO_COMPILE": "1"}
+    done = subprocess.run([*argv, *args], capture_output=True, text=True, env=env)
     if done.returncode != 0:
         sys.stderr.write(done.stdout + done.stderr)
         sys.exit(f"bench: pip install {' '.join(args)} failed ({done.returncode})")
@@ -149,6 +152,28 @@ def ensure_editable_threshold() -> None:
         return  # nothing to map yet; Threshold will be reported as failed
     log("reinstalling threshold (editable) into bench/.venv")
     _pip_install("--no-deps", "-e", str(REPO))
+
+
+def ensure_compiled(servers: list[Server]) -> list[Server]:
+    """Build the mypyc-compiled copy (`make compiled`) for the servers that run it; without
+    a C compiler they are left out, and the report says so."""
+    if not any(s.pythonpath == "build/compiled" for s in servers):
+        return servers
+    log("building the compiled Threshold (make compiled)")
+    done = subprocess.run(["make", "-C", str(REPO), "compiled"], capture_output=True, text=True)
+    probe = "import threshold.protocols.http1 as m; print(m.__file__)"
+    found = subprocess.run(
+        [str(VENV_BIN / "python"), "-c", probe],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "build" / "compiled")},
+        cwd="/",
+    )
+    if done.returncode == 0 and found.stdout.strip().endswith(".so"):
+        return servers
+    log("warning: no compiled build (no C compiler?); running the pure source only")
+    sys.stderr.write(done.stdout[-2000:] + done.stderr[-2000:])
+    return [s for s in servers if s.pythonpath != "build/compiled"]
 
 
 def raise_nofile() -> int:
@@ -380,6 +405,8 @@ def start_server(
     """Start a server pinned to core and wait until it answers the scenario correctly."""
     port = free_port()
     argv = server.command(scenario.target(server.name), port, extra)
+    if server.pythonpath:
+        env = {**env, "PYTHONPATH": str(REPO / server.pythonpath)}
     running = Running(server, port, argv, log_path=log_path)
     with log_path.open("ab") as out:
         running.started_at = time.perf_counter()
@@ -988,6 +1015,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ensure_tools()
     ensure_venv()
     ensure_editable_threshold()
+    servers = ensure_compiled(servers)
     nofile = raise_nofile()
     # This process (the idle-connection client, the pollers) stays off the server's core.
     os.sched_setaffinity(0, {client_core})

@@ -109,6 +109,9 @@ class Server:
     # Options for the idle-connection probe, so no idle timeout closes connections
     # while RSS is read; inserted just before the app argument.
     idle_args: tuple[str, ...] = field(default=())
+    # A directory (relative to the repo) put first on PYTHONPATH: "build/compiled" runs
+    # the mypyc-compiled build of Threshold (`make compiled`) instead of the pure source.
+    pythonpath: str = ""
 
     def command(self, app: str, port: int, extra: tuple[str, ...] = ()) -> list[str]:
         argv = self.argv(app, port)
@@ -123,11 +126,23 @@ SERVERS: tuple[Server, ...] = (
         "threshold",
         "asgi",
         lambda app, port: [
+            _bin("python"), "-m", "threshold", app, "--bind", f"{HOST}:{port}",
+            "--interface", "asgi3", "--no-access-log", "--log-level", "warning",
+        ],
+        kinds=ALL_HTTP | {"h2", "ws"},
+        note="as `pip install` builds it (mypyc-compiled); h2c by prior knowledge on the same port",
+        idle_args=("--keep-alive-timeout", "120"),
+        pythonpath="build/compiled",
+    ),
+    Server(
+        "threshold pure",
+        "asgi",
+        lambda app, port: [
             _bin("threshold"), app, "--bind", f"{HOST}:{port}", "--interface", "asgi3",
             "--no-access-log", "--log-level", "warning",
         ],
         kinds=ALL_HTTP | {"h2", "ws"},
-        note="h2c by prior knowledge on the same port (--http auto)",
+        note="THRESHOLD_NO_COMPILE=1: the same source, not compiled",
         idle_args=("--keep-alive-timeout", "120"),
     ),
     Server(
@@ -190,11 +205,33 @@ SERVERS: tuple[Server, ...] = (
         "threshold",
         "wsgi",
         lambda app, port: [
+            _bin("python"), "-m", "threshold", app, "--bind", f"{HOST}:{port}",
+            "--interface", "wsgi", "--threads", "8", "--no-access-log", "--log-level", "warning",
+        ],
+        note="8 threads; as `pip install` builds it (mypyc-compiled)",
+        idle_args=("--keep-alive-timeout", "120"),
+        pythonpath="build/compiled",
+    ),
+    Server(
+        "threshold pure",
+        "wsgi",
+        lambda app, port: [
             _bin("threshold"), app, "--bind", f"{HOST}:{port}", "--interface", "wsgi",
             "--threads", "8", "--no-access-log", "--log-level", "warning",
         ],
-        note="8 threads",
+        note="8 threads; THRESHOLD_NO_COMPILE=1: the same source, not compiled",
         idle_args=("--keep-alive-timeout", "120"),
+    ),
+    Server(
+        "threshold inline",
+        "wsgi",
+        lambda app, port: [
+            _bin("python"), "-m", "threshold", app, "--bind", f"{HOST}:{port}",
+            "--interface", "wsgi", "--wsgi-inline", "--no-access-log", "--log-level", "warning",
+        ],
+        kinds=frozenset({"hello", "http1"}),
+        note="compiled; opt-in: app on the loop thread (--wsgi-inline), for apps that never block",
+        pythonpath="build/compiled",
     ),
     Server(
         "gunicorn",

@@ -15,6 +15,8 @@ import logging
 from collections.abc import Callable
 from typing import IO, Any
 
+from mypy_extensions import mypyc_attr
+
 __all__ = [
     "ClientDisconnected",
     "Handler",
@@ -28,6 +30,7 @@ __all__ = [
 Headers = list[tuple[bytes, bytes]]
 
 
+@mypyc_attr(native_class=False)  # mypyc compiles no subclass of OSError natively
 class ClientDisconnected(OSError):
     """The client went away; raised by sends and body reads on a closed stream."""
 
@@ -39,6 +42,7 @@ def socket_address(addr: Any) -> tuple[str, int] | None:
     return None
 
 
+@mypyc_attr(native_class=False)
 class WebSocketClosed(ClientDisconnected):
     """The WebSocket is closed; ``code`` and ``reason`` as the peer sent them (1006: none)."""
 
@@ -87,6 +91,7 @@ class RequestHead:
         self.request_id: str | None = None  # set by --request-id (observe/logs.py)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # test doubles subclass it
 class Stream:
     """One request/response exchange. Protocols subclass this; interfaces call it."""
 

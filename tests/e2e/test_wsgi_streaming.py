@@ -361,13 +361,16 @@ def test_body_size_limit_bites_mid_stream(serve_wsgi: Serve, echo: bool) -> None
                 status, headers = read_head(f)
                 if echo:
                     assert status == 200 and headers["transfer-encoding"] == "chunked"
-                    with pytest.raises(EOFError):  # never the last chunk
+                    # Never the last chunk: the response is cut off. The close may come as
+                    # a reset when the limit bites inside a chunk still arriving (unread
+                    # bytes at close), which a loaded machine makes likely.
+                    with pytest.raises((EOFError, ConnectionResetError)):
                         while read_chunk(f) is not None:
                             pass
                 else:
                     assert status == 413
                     assert f.read(int(headers["content-length"])).startswith(b"413")
-                assert f.read() == b""  # closed
+                    assert f.read() == b""  # closed
             sender.join(TIMEOUT)
         assert probe.done.wait(TIMEOUT)
         # The read fails (ClientDisconnected); an echoing app may learn it from the next

@@ -19,8 +19,6 @@ from threshold.stream import Headers, RequestHead, Stream
 
 
 class HeadOnlyStream(Stream):
-    __slots__ = ("head",)
-
     def __init__(self, head: RequestHead) -> None:
         self.head = head
 

@@ -25,6 +25,7 @@ from tests.unit.test_http1 import MemoryTransport, Response, parse_responses, re
 from threshold.config import Config
 from threshold.context import ServerContext
 from threshold.interfaces.wsgi import WsgiInput
+from threshold.protocols import http1
 from threshold.protocols.http1 import BODY_HIGH_WATER, Http1Connection, Http1Stream
 from threshold.stream import ClientDisconnected, Stream
 
@@ -239,6 +240,9 @@ def test_take_body_when_max_body_size_bites_mid_body() -> None:
     run(main)
 
 
+COMPILED = (http1.__file__ or "").endswith(".so")  # `make pytest-compiled`
+
+
 @pytest.mark.parametrize("mode", ["read-4096", "read-777", "readline"])
 def test_wsgi_input_in_a_thread_while_the_loop_feeds(
     mode: str, monkeypatch: pytest.MonkeyPatch
@@ -286,7 +290,8 @@ def test_wsgi_input_in_a_thread_while_the_loop_feeds(
         h.transport.feed(b"0\r\n\r\n")
         got = await asyncio.wait_for(result, TIMEOUT)
         assert hashlib.sha256(b"".join(got)).digest() == hashlib.sha256(body).digest()
-        assert taken["bytes"] and taken["loop"], taken  # both ways were taken
+        if not COMPILED:  # methods of a mypyc-compiled class cannot be replaced to count
+            assert taken["bytes"] and taken["loop"], taken  # both ways were taken
         if mode == "readline":
             assert got == lines
         else:

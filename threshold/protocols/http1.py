@@ -828,9 +828,9 @@ class Http1Connection(asyncio.Protocol):
                     self.parser.feed_data(piece)
                 data = data[len(piece) :]
                 current = self._current
-        except RequestRejected as exc:
-            logger.debug("rejected request from %s: %d %s", self._client, exc.status, exc)
-            self._protocol_error(exc.status, str(exc), exc.headers)
+        except RequestRejected as rejected:  # not "exc": mypyc types it RequestRejected below
+            logger.debug("rejected request from %s: %d %s", self._client, rejected.status, rejected)
+            self._protocol_error(rejected.status, str(rejected), rejected.headers)
         except httptools.HttpParserUpgrade as exc:
             ws = self._ws
             if ws is not None:
@@ -1001,7 +1001,9 @@ class Http1Connection(asyncio.Protocol):
         elif url == b"*":
             path, query = url, b""
         else:
-            parsed = httptools.parse_url(url)
+            # Any: httptools' stub says bytes and int, but absent parts are None, and
+            # mypyc checks the declared types at run time.
+            parsed: Any = httptools.parse_url(url)
             path = parsed.path or b"/"
             query = parsed.query or b""
             if parsed.host:

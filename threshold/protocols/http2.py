@@ -472,8 +472,6 @@ class Http2Connection(asyncio.Protocol):
         if self._control_frames > self.ctx.config.h2_max_control_frames:
             self._calm("control frame flood")
 
-    _control = h2_control
-
     def _calm(self, why: str) -> None:
         if self._goaway_sent:
             return

@@ -18,7 +18,7 @@ import logging
 import os
 import struct
 from collections import deque
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import Any, Protocol, cast
 
 from websockets.extensions.base import ServerExtensionFactory
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
@@ -38,16 +38,15 @@ from threshold.stream import (
     WebSocketStream,
 )
 
-if TYPE_CHECKING:
 
-    class WebSocketHost(Protocol):
-        """The connection a WebSocket arrived on (HTTP/1.1 Upgrade or HTTP/2 CONNECT)."""
+class WebSocketHost(Protocol):
+    """The connection a WebSocket arrived on (HTTP/1.1 Upgrade or HTTP/2 CONNECT)."""
 
-        ctx: ServerContext
-        loop: asyncio.AbstractEventLoop
+    ctx: ServerContext
+    loop: asyncio.AbstractEventLoop
 
-        def accept_websocket(self, session: WebSocketSession, headers: Headers) -> None:
-            """Answer the handshake (101 or :status 200) and hand the bytes to the session."""
+    def accept_websocket(self, session: WebSocketSession, headers: Headers) -> None:
+        """Answer the handshake (101 or :status 200) and hand the bytes to the session."""
 
 
 logger = logging.getLogger("threshold.error")
@@ -193,15 +192,15 @@ class WebSocketSession(WebSocketStream, asyncio.Protocol):
         factory: ServerExtensionFactory = ServerPerMessageDeflateFactory(
             client_max_window_bits=None, compress_settings={"memLevel": 5}
         )
-        for name, params in offers:
-            if name != factory.name:
+        for offer, params in offers:  # not "name": mypyc holds it to bytes (the loop above)
+            if offer != factory.name:
                 continue
             try:
                 response_params, extension = factory.process_request_params(params, [])
             except Exception:
                 continue  # NegotiationError: try the next offer
             extensions.append(extension)
-            header = build_extension([(name, response_params)])
+            header = build_extension([(offer, response_params)])
             response.append((b"sec-websocket-extensions", header.encode()))
             break
         if subprotocol is not None:
