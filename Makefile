@@ -36,7 +36,7 @@ compiled: $(VENV)/.test-installed
 	rm -rf build/compiled/tests && mkdir -p build/compiled
 	git ls-files -z --cached --others --exclude-standard | \
 		xargs -0 cp -p --parents -t build/compiled
-	cd build/compiled && ../../$(BIN)/python setup.py -q build_ext --inplace >/dev/null
+	cd build/compiled && THRESHOLD_COMPILE=1 ../../$(BIN)/python setup.py -q build_ext --inplace >/dev/null
 
 pytest-compiled: compiled
 	cd build/compiled && ../../$(BIN)/python -c \

@@ -1,6 +1,8 @@
 """Flame graphs of Threshold under load, for docs/perf/ (``make flamegraphs``).
 
-For each workload below, Threshold runs one worker pinned to core 0 exactly as in
+For each workload below, Threshold (the pure-Python build: py-spy cannot see inside
+mypyc-compiled functions, and the source is the same) runs one worker pinned to core 0
+exactly as in
 ``bench/run.py``; the same load generator runs pinned to core 1; after a warm-up,
 ``py-spy record`` samples the worker (all its threads) and writes an SVG to
 docs/perf/. Reuses run.py's set-up (bench/.venv with py-spy, wrk, h2load).
@@ -40,7 +42,7 @@ def profile(name: str, seconds: int, work: Path) -> Path:
     server = next(
         s
         for s in SERVERS
-        if s.name == "threshold" and s.interface == interface and scenario.kind in s.kinds
+        if s.name == "threshold pure" and s.interface == interface and scenario.kind in s.kinds
     )
     env = run.server_env(work / "bench-file")
     running = run.start_server(server, scenario, 0, work / f"{name}.log", env)

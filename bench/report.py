@@ -384,9 +384,9 @@ def write_docs(payload: Payload, results_file: Path) -> None:
         "peer's, from the same run (above 1.00x Threshold is faster; for the idle-memory "
         "and start-up rows, below 1.00x Threshold is smaller or quicker). A dash (—): the "
         "server does not take part in that workload (see the server table). *threshold* is "
-        "Threshold as `pip install` builds it, its hot modules compiled with mypyc from the "
-        "typed source (`make compiled`); *threshold pure* is the same source uncompiled "
-        "(`THRESHOLD_NO_COMPILE=1`, or no C compiler).",
+        "Threshold with its hot modules compiled with mypyc from the typed source "
+        "(`THRESHOLD_COMPILE=1`, built here by `make compiled`); *threshold pure* is the "
+        "same source uncompiled, as a plain `pip install` gives it.",
         "",
         summary_table(payload),
         "",

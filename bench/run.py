@@ -128,8 +128,8 @@ def ensure_venv() -> None:
 def _pip_install(*args: str) -> None:
     """pip install into bench/.venv; its chatter is shown only when it fails."""
     argv = [str(VENV_BIN / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    # The editable Threshold here is the pure source: compiled modules built into the work
-    # tree would shadow its .py files everywhere. The compiled build is `make compiled`.
+    # The editable Threshold here is the pure source (the default); compiled modules built
+    # into the work tree would shadow its .py files. The compiled build is `make compiled`.
     env = {**os.environ, "THRESHOLD_NO_COMPILE": "1"}
     done = subprocess.run([*argv, *args], capture_output=True, text=True, env=env)
     if done.returncode != 0:
