@@ -392,14 +392,14 @@ class Http2Connection(asyncio.Protocol):
     # -- what the engine reports ---------------------------------------------------------
 
     def h2_data(self, stream_id: int, data: bytes, flow_length: int, ended: bool) -> None:
+        tunnel = self._tunnels.get(stream_id)
+        if tunnel is not None:  # a WebSocket (RFC 8441)
+            tunnel.feed(data, flow_length)
+            if ended:
+                self.h2_end(stream_id)
+            return
         stream = self.streams.get(stream_id)
         if stream is None:
-            tunnel = self._tunnels.get(stream_id)
-            if tunnel is not None:
-                tunnel.feed(data, flow_length)
-                if ended:
-                    self.h2_end(stream_id)
-                return
             # A stream we already answered: give the window back.
             if flow_length:
                 self._ack(stream_id, flow_length)
@@ -411,12 +411,6 @@ class Http2Connection(asyncio.Protocol):
                 elif self.ctx.max_body_size and total > self.ctx.max_body_size:
                     del self._discarding[stream_id]
                     self._reset_id(stream_id, CANCEL)
-            return
-        tunnel = self._tunnels.get(stream_id)
-        if tunnel is not None:
-            tunnel.feed(data, flow_length)
-            if ended:
-                self.h2_end(stream_id)
             return
         max_body = self.ctx.max_body_size
         if max_body and stream._received + len(data) > max_body:
